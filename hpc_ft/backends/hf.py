@@ -1,0 +1,130 @@
+"""The hf backend: transformers + peft LoRA/QLoRA steps (build tiny model, train, generate+accuracy)."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+from omegaconf import DictConfig
+
+from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.render import Step
+from hpc_ft.render.shell import Token
+
+# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
+LORA_TARGETS = {
+    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
+    "attention_dense": ["o_proj"],
+    "mlp_fc1": ["gate_proj", "up_proj"],
+    "mlp_fc2": ["down_proj"],
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
+
+TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
+GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
+TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
+
+
+def lora_targets(names) -> List[str]:
+    out: List[str] = []
+    for n in names:
+        for t in LORA_TARGETS.get(n, [n]):
+            if t not in out:
+                out.append(t)
+    return out
+
+
+def eval_interval(spec: DictConfig, max_steps: int) -> int:
+    v = spec.trainer.val_check_interval
+    if isinstance(v, float):
+        return max(1, round(v * max_steps))
+    return int(v)
+
+
+def max_steps(spec: DictConfig) -> int:
+    return int(spec.sweep.steps or spec.trainer.max_steps)
+
+
+def paths(run_dir: str) -> Dict[str, str]:
+    return {
+        "checkpoints": os.path.join(run_dir, "checkpoints"),
+        "events": os.path.join(run_dir, "events.jsonl"),
+        "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
+        "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
+    }
+
+
+def job_env(spec: DictConfig) -> Dict[str, str]:
+    env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if spec.backend.threads:
+        env["OMP_NUM_THREADS"] = str(spec.backend.threads)
+    return env
+
+
+def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    m, t = spec.model, spec.trainer
+    p = paths(run_dir)
+    steps_n = max_steps(spec)
+    scheme = m.peft.peft_scheme
+    py = python_exe(spec)
+    steps: List[Step] = []
+    if m.build == "tiny":
+        steps.append(
+            Step(
+                "build-model",
+                in_container(spec, [py, "-m", TINY_MODULE, "--data-dir", spec.data.dir, "--output", m.hf_path,
+                                    "--if-missing", "--seed", m.seed], gpus=False),
+                skip_if_exists=os.path.join(m.hf_path, "config.json"),
+            )
+        )
+    args: List[Token] = [
+        "--model-dir", m.hf_path,
+        "--train-file", spec.data.train_file,
+        "--valid-file", spec.data.validation_file,
+        "--output-dir", p["checkpoints"],
+        "--events", p["events"],
+        "--max-steps", steps_n,
+        "--eval-steps", eval_interval(spec, steps_n),
+        "--patience", spec.exp_manager.early_stopping_callback_params.patience,
+        "--min-delta", spec.exp_manager.early_stopping_callback_params.min_delta,
+        "--micro-batch-size", m.micro_batch_size,
+        "--global-batch-size", m.global_batch_size,
+        "--lr", m.optim.lr,
+        "--peft", PEFT_SCHEMES.get(scheme, scheme),
+        "--lora-r", m.peft.lora_tuning.adapter_dim,
+        "--lora-alpha", m.peft.lora_tuning.alpha,
+        "--lora-dropout", m.peft.lora_tuning.adapter_dropout,
+        "--lora-targets", ",".join(lora_targets(m.peft.lora_tuning.target_modules)),
+        "--precision", str(t.precision),
+        "--max-seq-length", m.data.train_ds.max_seq_length,
+        "--seed", m.seed,
+        "--resume", "auto",
+    ]
+    if spec.backend.threads:
+        args += ["--threads", spec.backend.threads]
+    if t.devices * t.num_nodes > 1:
+        cmd = distributed(spec, [TRAIN_MODULE] + args, module=True)
+    else:
+        cmd = [py, "-m", TRAIN_MODULE] + args
+    steps.append(Step("train", multinode_prefix(spec) + in_container(spec, cmd)))
+    return steps
+
+
+def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    p = tp = paths(run_dir)
+    py = python_exe(spec)
+    cmd: List[Token] = [
+        py, "-m", GENERATE_MODULE,
+        "--model-dir", spec.model.hf_path,
+        "--adapter", "auto:" + tp["checkpoints"],
+        "--test-file", spec.data.test_file,
+        "--output", p["predictions"],
+        "--base-output", p["base_predictions"],
+        "--max-new-tokens", spec.backend.generate_max_new_tokens,
+        "--events", tp["events"],
+    ]
+    return [Step("eval", in_container(spec, cmd))]

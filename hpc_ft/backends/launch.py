@@ -1,0 +1,60 @@
+"""How a step's command is launched on the node: container prefix, torchrun, multi-node srun."""
+
+from __future__ import annotations
+
+import sys
+from typing import List
+
+from omegaconf import DictConfig
+
+from hpc_ft.render.shell import ShellVar, Token
+
+RDZV_PORT = 29500
+
+
+def runtime_env_prefix(spec: DictConfig) -> str:
+    """The prefix under which the container runtime passes environment variables into the container."""
+    return {"singularity": "SINGULARITYENV_", "apptainer": "APPTAINERENV_"}.get(spec.cluster.container_runtime, "")
+
+
+def in_container(spec: DictConfig, argv: List[Token], gpus: bool = True) -> List[Token]:
+    """Prefix argv with `singularity exec --nv --bind … IMAGE` when the cluster uses a container."""
+    runtime = spec.cluster.container_runtime
+    if runtime == "none" or not spec.container.image:
+        return list(argv)
+    from hpc_ft.containers.runtime import exec_argv
+
+    return list(exec_argv(runtime, spec.container.image, list(spec.cluster.binds), nv=gpus)) + list(argv)
+
+
+def python_exe(spec: DictConfig) -> str:
+    """The interpreter of a step: the container's `python`, or this very Python when there is none."""
+    if spec.cluster.container_runtime != "none" and spec.container.image:
+        return "python"
+    return sys.executable
+
+
+def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> List[Token]:
+    """torchrun for devices x nodes processes; one srun task per node when num_nodes > 1.
+
+    `target` is a script path (or, with module=True, a `-m module`) followed by its arguments.
+    """
+    t = spec.trainer
+    head: List[Token] = ["torchrun", f"--nproc_per_node={t.devices}"]
+    if t.num_nodes > 1:
+        head += [
+            f"--nnodes={t.num_nodes}",
+            "--rdzv_backend=c10d",
+            ShellVar("HPCFT_HEAD_NODE", prefix="--rdzv_endpoint=", suffix=f":{RDZV_PORT}"),
+            ShellVar("SLURM_JOB_ID", prefix="--rdzv_id="),
+        ]
+    if module:
+        head.append("-m")
+    return head + list(target)
+
+
+def multinode_prefix(spec: DictConfig) -> List[Token]:
+    """srun, one task per node, for multi-node jobs (the rendezvous host is the allocation's first node)."""
+    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
+        return ["srun", f"--nodes={spec.trainer.num_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    return []

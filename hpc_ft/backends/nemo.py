@@ -1,0 +1,128 @@
+"""The nemo backend: NeMo 1.x megatron_gpt_finetuning.py / megatron_gpt_generate.py in the container.
+
+The override list is the reference tutorial's, key for key, in its order; `backend.extra_overrides`
+adds NeMo keys that hpc-ft does not model (passed verbatim, e.g. `++model.mcore_gpt=True`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Tuple
+
+from omegaconf import DictConfig
+
+from hpc_ft.backends.launch import distributed, in_container, multinode_prefix
+from hpc_ft.render import Step
+
+
+def nemo_value(value: Any) -> str:
+    """A value as NeMo's Hydra command line spells it: True/False, [a,b], plain numbers and strings."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(nemo_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def exp_paths(spec: DictConfig) -> Dict[str, str]:
+    """Where NeMo writes: exp_dir/name/ (no version folder: resume_if_exists is NeMo's finetune default)."""
+    log_dir = os.path.join(spec.exp_manager.exp_dir, spec.exp_manager.name)
+    ckpt = os.path.join(log_dir, "checkpoints")
+    return {"log_dir": log_dir, "checkpoints": ckpt, "peft_nemo": os.path.join(ckpt, spec.exp_manager.name + ".nemo")}
+
+
+def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
+    t, m, e = spec.trainer, spec.model, spec.exp_manager
+    d = m.data
+    max_steps = int(spec.sweep.steps or t.max_steps)
+    return [
+        ("exp_manager.exp_dir", e.exp_dir),
+        ("exp_manager.name", e.name),
+        ("exp_manager.early_stopping_callback_params.patience", e.early_stopping_callback_params.patience),
+        ("trainer.precision", str(t.precision)),
+        ("trainer.devices", t.devices),
+        ("trainer.num_nodes", t.num_nodes),
+        ("trainer.max_epochs", t.max_epochs),
+        ("trainer.max_steps", max_steps),
+        ("trainer.val_check_interval", t.val_check_interval),
+        ("trainer.gradient_clip_val", t.gradient_clip_val),
+        ("model.megatron_amp_O2", m.megatron_amp_O2),
+        ("++model.mcore_gpt", m.mcore_gpt),
+        ("model.restore_from_path", m.restore_from_path),
+        ("model.peft.peft_scheme", m.peft.peft_scheme),
+        ("model.data.train_ds.file_names", list(d.train_ds.file_names)),
+        ("model.data.train_ds.concat_sampling_probabilities", list(d.train_ds.concat_sampling_probabilities)),
+        ("model.data.validation_ds.file_names", list(d.validation_ds.file_names)),
+        ("model.tensor_model_parallel_size", m.tensor_model_parallel_size),
+        ("model.pipeline_model_parallel_size", m.pipeline_model_parallel_size),
+        ("model.global_batch_size", m.global_batch_size),
+        ("model.micro_batch_size", m.micro_batch_size),
+        ("model.data.validation_ds.tokens_to_generate", d.validation_ds.tokens_to_generate),
+        ("model.data.validation_ds.metric.name", d.validation_ds.metric.name),
+        ("model.data.train_ds.num_workers", d.train_ds.num_workers),
+        ("model.data.validation_ds.num_workers", d.validation_ds.num_workers),
+        ("model.optim.lr", m.optim.lr),
+    ]
+
+
+def eval_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
+    m, ts = spec.model, spec.model.data.test_ds
+    return [
+        ("model.restore_from_path", m.restore_from_path),
+        ("model.peft.restore_from_path", exp_paths(spec)["peft_nemo"]),
+        ("trainer.devices", spec.trainer.devices),
+        ("model.data.test_ds.file_names", list(ts.file_names)),
+        ("model.data.test_ds.names", list(ts.names)),
+        ("model.data.test_ds.global_batch_size", ts.global_batch_size),
+        ("model.data.test_ds.micro_batch_size", ts.micro_batch_size),
+        ("model.data.test_ds.tokens_to_generate", ts.tokens_to_generate),
+        ("model.tensor_model_parallel_size", m.tensor_model_parallel_size),
+        ("inference.greedy", True),
+        ("model.data.test_ds.output_file_path_prefix", predictions_prefix(spec, run_dir)),
+        ("model.data.test_ds.write_predictions_to_file", True),
+    ]
+
+
+def predictions_prefix(spec: DictConfig, run_dir: str) -> str:
+    return os.path.join(run_dir, "predictions", spec.exp_manager.name)
+
+
+def predictions_files(spec: DictConfig, run_dir: str) -> List[str]:
+    prefix = predictions_prefix(spec, run_dir)
+    return [f"{prefix}_test_{name}_inputs_preds_labels.jsonl" for name in spec.model.data.test_ds.names]
+
+
+def _render(overrides: List[Tuple[str, Any]], extra) -> List[str]:
+    return [f"{k}={nemo_value(v)}" for k, v in overrides] + [str(x) for x in extra]
+
+
+def job_env(spec: DictConfig) -> Dict[str, str]:
+    return {str(k): str(v) for k, v in spec.backend.env.items()}
+
+
+def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    args = _render(train_overrides(spec), spec.backend.extra_overrides)
+    cmd = distributed(spec, [spec.backend.finetune_script] + args)
+    return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
+
+
+def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    args = _render(eval_overrides(spec, run_dir), [])
+    # As in the reference: plain python, Lightning spawns the trainer.devices ranks itself.
+    cmd = ["python", spec.backend.generate_script] + args
+    return [Step("eval", in_container(spec, cmd))]
+
+
+def convert_steps(spec: DictConfig) -> List[Step]:
+    """HF -> NeMo conversion of the base model (the tutorial's convert_llama_hf_to_nemo.py call)."""
+    cmd = [
+        "python", spec.backend.convert_script,
+        f"--input_name_or_path={spec.model.hf_path}",
+        f"--output_path={spec.model.restore_from_path}",
+        "--precision=16",
+    ]
+    return [Step("convert", in_container(spec, cmd))]

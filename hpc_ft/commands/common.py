@@ -1,0 +1,91 @@
+"""Shared CLI plumbing: the registry, finding a run from what the user typed, printing a launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hpc_ft.errors import UserError
+
+
+def registry():
+    from hpc_ft.track.registry import Registry
+
+    return Registry()
+
+
+def resolve_run(ref: Optional[str]) -> Dict[str, Any]:
+    """A registry row for RUN (id prefix, job id or run directory); the latest run without RUN.
+
+    A run directory that is not in the registry (copied from elsewhere, or a NeMo run written by hand)
+    is read from its run.json.
+    """
+    if ref and os.path.isdir(ref):
+        p = Path(ref).resolve()
+        reg = registry()
+        rows = reg.find(str(p))
+        if rows:
+            return rows[0]
+        return row_from_run_dir(p)
+    reg = registry()
+    if not ref:
+        row = reg.latest()
+        if row is None:
+            raise UserError("no runs registered yet. Start one: `hpc-ft train` (or `hpc-ft demo`).")
+        return row
+    rows = reg.find(ref)
+    if not rows:
+        raise UserError(f"run '{ref}': not found in the registry ({reg.path}). List runs with `hpc-ft runs`.")
+    if len(rows) > 1 and not any(r["run_id"] == ref for r in rows):
+        ids = ", ".join(r["run_id"] for r in rows[:5])
+        raise UserError(f"run '{ref}' is ambiguous: {ids}. Give more of the run id.")
+    return next((r for r in rows if r["run_id"] == ref), rows[0])
+
+
+def row_from_run_dir(run_dir: Path) -> Dict[str, Any]:
+    from hpc_ft.submit.rundir import read_run_json
+
+    try:
+        rec = read_run_json(run_dir)
+    except FileNotFoundError:
+        rec = {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{run_dir}/run.json: not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+    backend = rec.get("backend")
+    if backend is None:
+        backend = "nemo" if any(run_dir.glob("**/nemo_log_globalrank-*.txt")) or (run_dir / "checkpoints").glob("**/*.ckpt") else "hf"
+    return {
+        "run_id": rec.get("run_id", run_dir.name),
+        "name": rec.get("name", run_dir.parent.name),
+        "run_dir": str(run_dir),
+        "backend": backend,
+        "cluster": rec.get("cluster", "?"),
+        "executor": rec.get("executor", "slurm"),
+        "job_ids": rec.get("job_ids", []),
+        "state": "UNKNOWN",
+        "summary": {},
+        "unregistered": True,
+    }
+
+
+def print_launch(launch, warnings: List[str], *, dry_run: bool, as_json: bool) -> None:
+    for w in warnings + launch.notes:
+        print(f"hpc-ft: warning: {w}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"run_id": launch.run_id, "run_dir": str(launch.run_dir), "jobs": launch.job_ids,
+                          "dry_run": dry_run}, indent=2))
+        return
+    if dry_run:
+        for i, (kind, script) in enumerate(launch.scripts.items()):
+            if i:
+                sys.stdout.write(f"\n# ---- {kind}.sbatch (submitted with afterok on the train job) ----\n")
+            sys.stdout.write(script.text)
+        print(f"hpc-ft: dry run: rendered {launch.run_dir} (nothing submitted)", file=sys.stderr)
+        return
+    jobs = " ".join(f"{k}={v}" for k, v in launch.job_ids.items())
+    print(f"run {launch.run_id} submitted: {jobs}")
+    print(f"  run dir: {launch.run_dir}")
+    print(f"  watch:   hpc-ft status {launch.run_id} [--wait]")

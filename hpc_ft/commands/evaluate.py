@@ -1,0 +1,68 @@
+"""`hpc-ft eval`: render/submit the eval job of a run, or score a predictions jsonl."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from hpc_ft.errors import UserError
+
+
+def _score(path: str, misses: int, as_json: bool) -> int:
+    from hpc_ft.track.accuracy import score_predictions
+
+    res = score_predictions(path)
+    if as_json:
+        print(json.dumps({"n": res.n, "correct": res.correct, "accuracy": res.accuracy,
+                          "misses": [m.__dict__ if hasattr(m, "__dict__") else m for m in res.misses[:misses]]},
+                         ensure_ascii=False, indent=2))
+        return 0
+    print(f"accuracy {res.accuracy:.1%} ({res.correct}/{res.n}) on {path}")
+    for m in res.misses[:misses]:
+        d = m.__dict__ if hasattr(m, "__dict__") else m
+        print(f"  miss: pred={d['pred']!r} label={d['label']!r}  | {d['input'][-60:]!r}")
+    if len(res.misses) > misses:
+        print(f"  ... {len(res.misses) - misses} more misses")
+    return 0
+
+
+def eval_spec_for_run(run_dir: Path, overrides):
+    """The training run's resolved config with eval-time overrides; TP/PP must stay the training's."""
+    from hpc_ft.compose.compose import _schema
+    from hpc_ft.compose.checks import check_spec
+
+    train = OmegaConf.load(run_dir / "config.yaml")
+    spec = OmegaConf.merge(_schema(), train)
+    try:
+        spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as exc:  # noqa: BLE001 - shown to the user as a config error
+        raise UserError(f"eval overrides: {str(exc).splitlines()[0]}") from None
+    check_spec(spec)
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        if spec.model[key] != train.model[key]:
+            raise UserError(
+                f"model.{key}={spec.model[key]}: PEFT evaluation must use the training value "
+                f"{train.model[key]} (NeMo asserts it). Drop the override or set model.{key}={train.model[key]}."
+            )
+    return spec
+
+
+def run_eval(args) -> int:
+    from hpc_ft.commands.common import print_launch, registry, resolve_run
+    from hpc_ft.compose import compose_job
+    from hpc_ft.submit.launch import launch_eval
+
+    if args.predictions:
+        return _score(args.predictions, args.misses, args.json)
+    if args.run:
+        row = resolve_run(args.run)
+        spec = eval_spec_for_run(Path(row["run_dir"]), args.overrides)
+        launch = launch_eval(spec, row, dry_run=args.dry_run, registry=None if args.dry_run else registry())
+    else:
+        spec = compose_job(args.overrides)
+        launch = launch_eval(spec, None, dry_run=args.dry_run, registry=None if args.dry_run else registry())
+    print_launch(launch, [], dry_run=args.dry_run, as_json=args.json)
+    return 0

@@ -1,0 +1,84 @@
+"""CLI: train, eval, demo, status, runs, logs, watch, cancel, plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides: key=value, group=option, +key=value, ~key, a=1,2 (with -m)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="compose, validate, render and submit a fine-tuning job")
+    _overrides(p)
+    p.add_argument("--dry-run", action="store_true", help="do everything but submit; print the sbatch script")
+    p.add_argument("--force", action="store_true", help="submit even when the planner says it cannot fit")
+    p.add_argument("-m", "--multirun", action="store_true", help="a sweep: one job array over all points")
+    p.add_argument("--json", action="store_true", help="machine-readable output (with --dry-run -m: the points)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="the generate/eval job; or accuracy of a predictions jsonl")
+    _overrides(p)
+    p.add_argument("--run", help="evaluate this run's best checkpoint (default: compose from overrides)")
+    p.add_argument("--predictions", help="compute accuracy of this predictions jsonl {input,pred,label} and show misses")
+    p.add_argument("--dry-run", action="store_true", help="render the eval job and print it; submit nothing")
+    p.add_argument("--misses", type=int, default=10, help="how many misses to show (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default, end to end, with a report")
+    _overrides(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="state, progress, losses, best checkpoint of a run (default: latest)")
+    p.add_argument("run", nargs="?", help="run id (a prefix is enough), run directory or job id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--wait", action="store_true", help="block until the run ends")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_train(args) -> int:
+    from hpc_ft.commands.common import print_launch, registry
+    from hpc_ft.compose import compose_job
+    from hpc_ft.submit.launch import launch_run
+    from hpc_ft.submit.preflight import preflight
+
+    if args.multirun:
+        from hpc_ft.sweep.launch import cmd_sweep_train
+
+        return cmd_sweep_train(args)
+    spec = compose_job(args.overrides)
+    warnings = preflight(spec, force=args.force)
+    launch = launch_run(spec, args.overrides, dry_run=args.dry_run, with_eval=bool(spec.eval),
+                        registry=None if args.dry_run else registry())
+    print_launch(launch, warnings, dry_run=args.dry_run, as_json=args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from hpc_ft.commands.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def cmd_demo(args) -> int:
+    from hpc_ft.commands.demo import run_demo
+
+    return run_demo(args.overrides)
+
+
+def cmd_status(args) -> int:
+    from hpc_ft.commands.common import resolve_run
+    from hpc_ft.track.status import format_status, run_status, wait_for_end
+
+    row = resolve_run(args.run)
+    st = wait_for_end(row) if args.wait else run_status(row)
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(format_status(st))
+    return 0

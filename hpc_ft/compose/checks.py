@@ -1,0 +1,96 @@
+"""Range and choice checks of a composed JobSpec: each failure names the key, the value and a fix."""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf import DictConfig
+
+from hpc_ft.errors import UserError, did_you_mean
+
+EXECUTORS = ("local", "slurm")
+RUNTIMES = ("none", "singularity", "apptainer")
+BACKENDS = ("hf", "nemo")
+PRECISIONS = ("16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true")
+GPU_REQUESTS = ("gres", "gpus-per-node", "none")
+RECOMPUTE = (None, "selective", "full")
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEM = re.compile(r"^\d+[KMGTkmgt]?[bB]?$")
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        shown = ", ".join(str(a) for a in allowed if a is not None)
+        raise UserError(f"{key}={value}: not one of {shown}.{did_you_mean(str(value), [str(a) for a in allowed])}")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value is None or value < low:
+        raise UserError(f"{key}={value}: must be >= {low}. Set {key}={low} or more.")
+
+
+def check_spec(spec: DictConfig) -> None:
+    c = spec.cluster
+    _choice("cluster.executor", c.executor, EXECUTORS)
+    _choice("cluster.container_runtime", c.container_runtime, RUNTIMES)
+    _choice("cluster.gpu.request", c.gpu.request, GPU_REQUESTS)
+    _choice("backend.name", spec.backend.name, BACKENDS)
+    _choice("trainer.precision", str(spec.trainer.precision), PRECISIONS)
+    _choice("model.activations_checkpoint_granularity", spec.model.activations_checkpoint_granularity, RECOMPUTE)
+    if not _TIME.match(str(c.time)):
+        raise UserError(f"cluster.time={c.time}: not a Slurm time limit. Use HH:MM:SS, D-HH:MM:SS or minutes.")
+    for key in ("mem_per_cpu", "mem"):
+        v = c[key]
+        if v is not None and not _MEM.match(str(v)):
+            raise UserError(f"cluster.{key}={v}: not a Slurm memory size. Use e.g. 32g or 4000M.")
+    _at_least("cluster.nodes", c.nodes, 1)
+    _at_least("cluster.cpus_per_task", c.cpus_per_task, 1)
+    _at_least("cluster.gpu.per_node", c.gpu.per_node, 0)
+    _at_least("cluster.max_requeues", c.max_requeues, 0)
+    _at_least("cluster.signal_before_timeout_s", c.signal_before_timeout_s, 0)
+    t = spec.trainer
+    _at_least("trainer.devices", t.devices, 1)
+    _at_least("trainer.num_nodes", t.num_nodes, 1)
+    _at_least("trainer.max_steps", t.max_steps, 1)
+    _at_least("trainer.log_every_n_steps", t.log_every_n_steps, 1)
+    v = t.val_check_interval
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise UserError(
+            f"trainer.val_check_interval={v}: must be a number (an int: every N steps; "
+            "a float in (0, 1]: a fraction of max_steps)."
+        )
+    if isinstance(v, float) and not 0 < v <= 1:
+        raise UserError(f"trainer.val_check_interval={v}: a float must be in (0, 1]. Use an int for every-N-steps.")
+    if isinstance(v, int) and v < 1:
+        raise UserError(f"trainer.val_check_interval={v}: must be >= 1 step.")
+    if c.executor == "slurm" and t.num_nodes > c.nodes:
+        # the allocation follows trainer.num_nodes; cluster.nodes is the site's node count limit
+        pass
+    if c.gpu.per_node and t.devices > c.gpu.per_node:
+        raise UserError(
+            f"trainer.devices={t.devices}: cluster '{c.name}' has {c.gpu.per_node} GPUs per node. "
+            f"Use trainer.devices<={c.gpu.per_node} and more trainer.num_nodes."
+        )
+    m = spec.model
+    _at_least("model.tensor_model_parallel_size", m.tensor_model_parallel_size, 1)
+    _at_least("model.pipeline_model_parallel_size", m.pipeline_model_parallel_size, 1)
+    _at_least("model.micro_batch_size", m.micro_batch_size, 1)
+    _at_least("model.global_batch_size", m.global_batch_size, 1)
+    if not m.optim.lr > 0:
+        raise UserError(f"model.optim.lr={m.optim.lr}: must be > 0, e.g. model.optim.lr=1e-4.")
+    es = spec.exp_manager.early_stopping_callback_params
+    _at_least("exp_manager.early_stopping_callback_params.patience", es.patience, 1)
+    _choice("exp_manager.early_stopping_callback_params.mode", es.mode, ("min", "max"))
+    for name in spec.secrets:
+        if not _ENV_NAME.match(name):
+            raise UserError(f"secrets: '{name}' is not an environment variable name. List names only, e.g. [HF_TOKEN].")
+    for name in c.env:
+        if not _ENV_NAME.match(str(name)):
+            raise UserError(f"cluster.env: '{name}' is not an environment variable name.")
+    sw = spec.sweep
+    if sw.steps is not None:
+        _at_least("sweep.steps", sw.steps, 1)
+    _at_least("sweep.parallelism", sw.parallelism, 1)
+    if not spec.exp_manager.name or "/" in spec.exp_manager.name:
+        raise UserError(f"exp_manager.name={spec.exp_manager.name}: must be a non-empty name without '/'.")

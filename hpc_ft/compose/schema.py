@@ -1,0 +1,233 @@
+"""The typed schema of a job (structured config): every key a user may set, with its type.
+
+Keys follow NeMo's names (trainer.*, model.*, exp_manager.*) so that overrides from the reference
+tutorial paste unchanged. The composed Hydra config is merged onto `JobSpec`; an unknown key or a
+value of the wrong type is refused there, before anything is rendered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class GpuConf:
+    model: str = "cpu"          # a name from the GPU catalogue (hpc_ft.plan.gpus)
+    per_node: int = 0           # GPUs on one node of this cluster
+    request: str = "gres"       # gres (--gres=gpu:N) | gpus-per-node (--gpus-per-node=N) | none
+
+
+@dataclass
+class ClusterConf:
+    name: str = MISSING
+    executor: str = "local"     # local | slurm
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = "01:00:00"      # Slurm time limit: [D-]HH:MM:SS or minutes
+    nodes: int = 1
+    gpu: GpuConf = field(default_factory=GpuConf)
+    cpus_per_task: int = 1
+    mem_per_cpu: Optional[str] = None
+    mem: Optional[str] = None
+    modules: List[str] = field(default_factory=list)      # `module load` lines
+    setup: List[str] = field(default_factory=list)        # extra shell lines before the job body
+    binds: List[str] = field(default_factory=list)        # container bind paths src[:dst[:opts]]
+    env: Dict[str, str] = field(default_factory=dict)     # plain (non-secret) environment
+    scratch: Optional[str] = None
+    container_runtime: str = "none"  # none | singularity | apptainer
+    signal_before_timeout_s: int = 90
+    max_requeues: int = 3
+    sbatch_extra: Dict[str, str] = field(default_factory=dict)  # extra #SBATCH --key=value
+
+
+@dataclass
+class ContainerConf:
+    name: str = "none"
+    image: Optional[str] = None
+    digest: Optional[str] = None
+
+
+@dataclass
+class BackendConf:
+    name: str = "hf"            # hf | nemo
+    # hf
+    threads: Optional[int] = None
+    generate_max_new_tokens: int = 16
+    # nemo
+    finetune_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
+    generate_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
+    convert_script: str = "/opt/NeMo/scripts/checkpoint_converters/convert_llama_hf_to_nemo.py"
+    extra_overrides: List[str] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConf:
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "32"       # 16 | 16-mixed | bf16 | bf16-mixed | 32
+    max_epochs: int = -1
+    max_steps: int = 600
+    val_check_interval: Any = 20  # int: every N steps; float in (0, 1]: a fraction of max_steps
+    gradient_clip_val: float = 1.0
+    log_every_n_steps: int = 5
+
+
+@dataclass
+class LoraTuningConf:
+    adapter_dim: int = 8
+    alpha: int = 16
+    adapter_dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: ["attention_qkv"])
+
+
+@dataclass
+class PTuningConf:
+    virtual_tokens: int = 10
+    bottleneck_dim: int = 1024
+    embedding_dim: int = 1024
+
+
+@dataclass
+class PeftConf:
+    peft_scheme: str = "lora"
+    restore_from_path: Optional[str] = None
+    lora_tuning: LoraTuningConf = field(default_factory=LoraTuningConf)
+    p_tuning: PTuningConf = field(default_factory=PTuningConf)
+
+
+@dataclass
+class OptimConf:
+    name: str = "fused_adam"
+    lr: float = 1e-4
+
+
+@dataclass
+class MetricConf:
+    name: str = "loss"
+
+
+@dataclass
+class TrainDsConf:
+    file_names: List[str] = field(default_factory=list)
+    concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
+    max_seq_length: int = 2048
+    num_workers: int = 0
+
+
+@dataclass
+class ValidationDsConf:
+    file_names: List[str] = field(default_factory=list)
+    tokens_to_generate: int = 10
+    metric: MetricConf = field(default_factory=MetricConf)
+    num_workers: int = 0
+
+
+@dataclass
+class TestDsConf:
+    file_names: List[str] = field(default_factory=list)
+    names: List[str] = field(default_factory=list)
+    global_batch_size: int = 16
+    micro_batch_size: int = 4
+    tokens_to_generate: int = 10
+
+
+@dataclass
+class ModelDataConf:
+    train_ds: TrainDsConf = field(default_factory=TrainDsConf)
+    validation_ds: ValidationDsConf = field(default_factory=ValidationDsConf)
+    test_ds: TestDsConf = field(default_factory=TestDsConf)
+
+
+@dataclass
+class ModelConf:
+    name: str = MISSING
+    family: str = "llama"
+    build: Optional[str] = None          # "tiny": built locally by the job when missing
+    repo_id: Optional[str] = None        # Hugging Face repo for `hpc-ft model fetch`
+    revision: Optional[str] = None
+    hf_path: Optional[str] = None        # HF snapshot directory (config.json, weights, tokenizer)
+    hf_config: Optional[str] = None      # a config.json to plan from (default: hf_path/config.json)
+    restore_from_path: Optional[str] = None  # NeMo base model (.nemo)
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    micro_batch_size: int = 8
+    global_batch_size: int = 8
+    megatron_amp_O2: bool = False
+    mcore_gpt: bool = True
+    sequence_parallel: bool = False
+    activations_checkpoint_granularity: Optional[str] = None  # null | selective | full
+    seed: int = 1234
+    optim: OptimConf = field(default_factory=OptimConf)
+    peft: PeftConf = field(default_factory=PeftConf)
+    data: ModelDataConf = field(default_factory=ModelDataConf)
+
+
+@dataclass
+class EarlyStoppingConf:
+    monitor: str = "val_loss"
+    mode: str = "min"
+    min_delta: float = 0.001
+    patience: int = 3
+
+
+@dataclass
+class CheckpointCallbackConf:
+    save_top_k: int = 1
+
+
+@dataclass
+class ExpManagerConf:
+    exp_dir: str = MISSING
+    name: str = MISSING
+    resume_if_exists: bool = True
+    create_early_stopping_callback: bool = True
+    early_stopping_callback_params: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
+    checkpoint_callback_params: CheckpointCallbackConf = field(default_factory=CheckpointCallbackConf)
+
+
+@dataclass
+class SyntheticDataConf:
+    n_train: int = 1200
+    n_valid: int = 100
+    n_test: int = 100
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING
+    source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
+    seed: int = 42
+    n_valid: int = 1000
+    synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
+    dir: str = MISSING
+    train_file: str = MISSING
+    validation_file: str = MISSING
+    test_file: str = MISSING
+
+
+@dataclass
+class SweepConf:
+    steps: Optional[int] = None
+    parallelism: int = 4
+
+
+@dataclass
+class JobSpec:
+    """Everything about one job, resolved: what `config.yaml` of a run directory holds."""
+
+    work_dir: str = "."
+    eval: bool = False
+    cluster: ClusterConf = field(default_factory=ClusterConf)
+    container: ContainerConf = field(default_factory=ContainerConf)
+    backend: BackendConf = field(default_factory=BackendConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    exp_manager: ExpManagerConf = field(default_factory=ExpManagerConf)
+    data: DataConf = field(default_factory=DataConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
+    secrets: List[str] = field(default_factory=list)

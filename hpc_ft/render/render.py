@@ -1,0 +1,153 @@
+"""Render a job script from templates/sbatch.j2: Slurm options, environment, and the job's steps."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig
+
+from hpc_ft.render.shell import Token, sbatch_value, shell_join, shell_quote
+
+
+@dataclass
+class Step:
+    """One command of a job, run under the job's supervisor. argv tokens are quoted when rendered."""
+
+    name: str
+    argv: List[Token]
+    skip_if_exists: Optional[str] = None
+
+
+@dataclass
+class JobScript:
+    text: str
+    sbatch: List[str]
+    steps: List[Step]
+
+
+def template_dirs() -> List[Path]:
+    """Site templates ($HPC_FT_TEMPLATE_DIR) first, then the shipped ones."""
+    here = Path(__file__).resolve().parent.parent
+    shipped = here / "templates" if (here / "templates").is_dir() else here.parent / "templates"
+    dirs = []
+    site = os.environ.get("HPC_FT_TEMPLATE_DIR")
+    if site:
+        dirs.append(Path(site).expanduser())
+    dirs.append(shipped)
+    return dirs
+
+
+_ENV = None
+
+
+def template_env():
+    """Jinja environment: StrictUndefined, no autoescape (shell is not HTML), quoting filters."""
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(d) for d in template_dirs()]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        env.filters["q"] = shell_quote
+        env.filters["shjoin"] = shell_join
+        env.filters["sbv"] = sbatch_value
+        _ENV = env
+    return _ENV
+
+
+def _gpu_option(spec: DictConfig, gpus_per_node: int) -> Optional[str]:
+    req = spec.cluster.gpu.request
+    if gpus_per_node <= 0 or req == "none":
+        return None
+    if req == "gres":
+        return f"--gres=gpu:{gpus_per_node}"
+    return f"--gpus-per-node={gpus_per_node}"
+
+
+def sbatch_options(
+    spec: DictConfig,
+    *,
+    job_name: str,
+    output: str,
+    nodes: int,
+    gpus_per_node: int,
+    array: Optional[str] = None,
+    dependency: Optional[str] = None,
+    time: Optional[str] = None,
+    comment: Optional[str] = None,
+) -> List[str]:
+    """The #SBATCH lines of a job, in a stable order."""
+    c = spec.cluster
+    opts: List[str] = [f"--job-name={sbatch_value(job_name)}", f"--nodes={nodes}"]
+    if c.executor == "slurm" and nodes > 1:
+        opts.append("--ntasks-per-node=1")
+    opts.append(f"--cpus-per-task={c.cpus_per_task}")
+    if c.mem_per_cpu:
+        opts.append(f"--mem-per-cpu={sbatch_value(c.mem_per_cpu)}")
+    if c.mem:
+        opts.append(f"--mem={sbatch_value(c.mem)}")
+    gpu = _gpu_option(spec, gpus_per_node)
+    if gpu:
+        opts.append(gpu)
+    for key in ("partition", "account", "qos"):
+        if c[key]:
+            opts.append(f"--{key}={sbatch_value(c[key])}")
+    opts.append(f"--time={sbatch_value(time or c.time)}")
+    opts.append(f"--output={sbatch_value(output)}")
+    opts.append("--open-mode=append")
+    if c.signal_before_timeout_s:
+        opts.append(f"--signal=B:USR1@{int(c.signal_before_timeout_s)}")
+    opts.append("--requeue")
+    if array:
+        opts.append(f"--array={array}")
+    if dependency:
+        opts.append(f"--dependency={dependency}")
+        opts.append("--kill-on-invalid-dep=yes")
+    if comment:
+        opts.append(f"--comment={sbatch_value(comment)}")
+    for k, v in c.sbatch_extra.items():
+        opts.append(f"--{k}={sbatch_value(v)}" if v not in (None, "") else f"--{k}")
+    return opts
+
+
+def render_job_script(
+    spec: DictConfig,
+    *,
+    run_dir: str,
+    run_id: str,
+    steps: Sequence[Step],
+    sbatch: Sequence[str],
+    env: Dict[str, str],
+    description: str,
+    runtime_env_prefix: str = "",
+    array_root: Optional[str] = None,
+    template: str = "sbatch.j2",
+) -> JobScript:
+    from hpc_ft import __version__
+
+    c = spec.cluster
+    text = template_env().get_template(template).render(
+        version=__version__,
+        run_id=run_id,
+        run_dir=run_dir,
+        description=description,
+        sbatch=list(sbatch),
+        array=array_root is not None,
+        array_root=array_root or "",
+        local_log=c.executor == "local",
+        modules=list(c.modules),
+        setup=list(c.setup),
+        env=sorted(env.items()),
+        secrets=list(spec.secrets),
+        runtime_env_prefix=runtime_env_prefix,
+        max_requeues=c.max_requeues,
+        steps=list(steps),
+    )
+    return JobScript(text=text, sbatch=list(sbatch), steps=list(steps))

@@ -1,0 +1,1 @@
+"""Submit: a rendered job script -> submitit (Slurm or local); run directories and their records."""

@@ -1,0 +1,88 @@
+"""Run directories: `<exp_dir>/<name>/<run_id>/` with config.yaml, job.sbatch, run.json, logs/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets as _secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+RUN_JSON = "run.json"
+
+
+def new_run_id(now: Optional[float] = None) -> str:
+    t = time.localtime(now or time.time())
+    return time.strftime("%Y%m%d-%H%M%S", t) + "-" + _secrets.token_hex(3)
+
+
+def config_yaml(spec: DictConfig) -> str:
+    return OmegaConf.to_yaml(spec, resolve=True)
+
+
+def config_hash(spec: DictConfig) -> str:
+    return hashlib.sha256(config_yaml(spec).encode()).hexdigest()[:16]
+
+
+def make_run_dir(spec: DictConfig, run_id: str, parent: Optional[str] = None) -> Path:
+    base = Path(parent) if parent else Path(spec.exp_manager.exp_dir) / spec.exp_manager.name
+    run_dir = base / run_id
+    (run_dir / "logs").mkdir(parents=True, exist_ok=False)
+    (run_dir / "predictions").mkdir()
+    return run_dir
+
+
+def write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def write_run_json(run_dir: Path, record: Dict[str, Any]) -> None:
+    write_text(run_dir / RUN_JSON, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_run_json(run_dir: Path) -> Dict[str, Any]:
+    p = Path(run_dir) / RUN_JSON
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def update_run_json(run_dir: Path, **fields: Any) -> Dict[str, Any]:
+    rec = read_run_json(run_dir)
+    rec.update(fields)
+    write_run_json(run_dir, rec)
+    return rec
+
+
+def file_sha256(path: str) -> Optional[str]:
+    if not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """hpc-ft's version, plus the git commit when running from a checkout."""
+    from hpc_ft import __version__
+
+    src = Path(__file__).resolve().parent.parent.parent
+    if (src / ".git").exists():
+        try:
+            sha = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            if sha:
+                return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return __version__

@@ -1,0 +1,109 @@
+"""Slurm's view of jobs: sacct (accounting) first, squeue as the fallback, sentinel files for local runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "Start", "End", "Reason", "Restarts", "JobName")
+
+
+def _run(argv: List[str], timeout: float = 20) -> Optional[str]:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def sacct(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
+    """JobID -> {State, ExitCode, Elapsed, ...} for the allocations (not the steps) of these jobs."""
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    out = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)])
+    if out is None:
+        return {}
+    rows: Dict[str, Dict[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) != len(SACCT_FIELDS):
+            continue
+        row = dict(zip(SACCT_FIELDS, parts))
+        row["State"] = row["State"].split()[0] if row["State"] else ""  # "CANCELLED by 0" -> CANCELLED
+        rows[row["JobID"]] = row  # -D lists every requeue; the last line is the latest
+    return rows
+
+
+def squeue(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    out = _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"])
+    rows: Dict[str, Dict[str, str]] = {}
+    for line in (out or "").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            rows[parts[0]] = {"JobID": parts[0], "State": parts[1], "Reason": parts[2], "ExitCode": ""}
+    return rows
+
+
+def job_states(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
+    ids = list(job_ids)
+    rows = sacct(ids)
+    missing = [j for j in ids if j not in rows]
+    if missing:
+        rows.update(squeue(missing))
+    return rows
+
+
+def exit_code(row: Dict[str, str]) -> Optional[int]:
+    code = (row or {}).get("ExitCode", "")
+    if not code:
+        return None
+    try:
+        return int(code.split(":")[0])
+    except ValueError:
+        return None
+
+
+def local_state(run_dir: Path, pid: Optional[str]) -> Dict[str, str]:
+    """State of a run started by the local executor, from the files its job script writes."""
+    state_dir = Path(run_dir) / "state"
+    code_file = state_dir / "exit_code"
+    if code_file.exists():
+        code = code_file.read_text().strip()
+        if code == "0":
+            return {"State": "COMPLETED", "ExitCode": "0:0"}
+        if (state_dir / "cancelled").exists():
+            return {"State": "CANCELLED", "ExitCode": f"{code}:0"}
+        if code == "143":
+            return {"State": "TIMEOUT", "ExitCode": "143:0"}
+        return {"State": "FAILED", "ExitCode": f"{code}:0"}
+    if pid and _alive(pid):
+        return {"State": "RUNNING" if (state_dir / "started").exists() else "PENDING", "ExitCode": ""}
+    if (state_dir / "cancelled").exists():
+        return {"State": "CANCELLED", "ExitCode": ""}
+    if (state_dir / "started").exists():
+        return {"State": "FAILED", "ExitCode": "", "Reason": "the job process ended without an exit code"}
+    return {"State": "UNKNOWN", "ExitCode": ""}
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this very process counts as ended
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
