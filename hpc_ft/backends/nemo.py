@@ -119,10 +119,8 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def convert_steps(spec: DictConfig) -> List[Step]:
     """HF -> NeMo conversion of the base model (the tutorial's convert_llama_hf_to_nemo.py call)."""
-    cmd = [
-        "python", spec.backend.convert_script,
-        f"--input_name_or_path={spec.model.hf_path}",
-        f"--output_path={spec.model.restore_from_path}",
-        "--precision=16",
-    ]
-    return [Step("convert", in_container(spec, cmd))]
+    from hpc_ft.models.convert import hf_to_nemo_argv
+
+    argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=spec.model.family,
+                           precision="16")
+    return [Step("convert", in_container(spec, argv, gpus=False))]

@@ -39,6 +39,7 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", action="store_true", help="block until the run ends")
     p.set_defaults(func=cmd_status)
+    add_tracking_commands(sub)
 
 
 def cmd_train(args) -> int:
@@ -81,4 +82,80 @@ def cmd_status(args) -> int:
         print(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(format_status(st))
+    return 0
+
+
+def add_tracking_commands(sub) -> None:
+    p = sub.add_parser("runs", help="registered runs, newest first")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state", help="only runs in this state (e.g. RUNNING, COMPLETED, FAILED)")
+    p.add_argument("--name", help="only runs whose name contains this")
+    p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("logs", help="print a run's log (default: latest run)")
+    p.add_argument("run", nargs="?")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, until the run ends")
+    p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("watch", help="a live progress bar: step, loss, val loss, s/step, ETA")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("cancel", help="cancel a run's jobs (default: the latest run)")
+    p.add_argument("run", nargs="?")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("plot", help="train/val loss of a run (or throughput of a sweep) to a PNG")
+    p.add_argument("run", help="run id, run directory, or sweep id")
+    p.add_argument("-o", "--output", required=True, help="the PNG file to write")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_runs(args) -> int:
+    from hpc_ft.commands.common import registry
+    from hpc_ft.track.listing import format_runs, list_runs
+
+    rows = list_runs(registry(), state=args.state, name=args.name, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(format_runs(rows))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from hpc_ft.commands.common import resolve_run
+    from hpc_ft.track.follow import follow_log, print_log
+
+    row = resolve_run(args.run)
+    if args.follow:
+        return follow_log(row)
+    return print_log(row, args.lines)
+
+
+def cmd_watch(args) -> int:
+    from hpc_ft.commands.common import resolve_run
+    from hpc_ft.track.follow import watch
+
+    return watch(resolve_run(args.run), interval=args.interval)
+
+
+def cmd_cancel(args) -> int:
+    from hpc_ft.commands.common import registry, resolve_run
+    from hpc_ft.track.control import cancel_run
+
+    row = resolve_run(args.run)
+    done = cancel_run(row, registry())
+    print(f"run {row['run_id']}: cancelled {', '.join(done) if done else 'nothing (no job still queued or running)'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from hpc_ft.track.plot import plot_target
+
+    path = plot_target(args.run, args.output)
+    print(f"wrote {path}")
     return 0

@@ -17,6 +17,8 @@ RECOMPUTE = (None, "selective", "full")
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MEM = re.compile(r"^\d+[KMGTkmgt]?[bB]?$")
+_SBATCH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+_LINE_BREAK = re.compile(r"[\r\n]")
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -88,9 +90,35 @@ def check_spec(spec: DictConfig) -> None:
     for name in c.env:
         if not _ENV_NAME.match(str(name)):
             raise UserError(f"cluster.env: '{name}' is not an environment variable name.")
+    for name in spec.backend.env:
+        if not _ENV_NAME.match(str(name)):
+            raise UserError(f"backend.env: '{name}' is not an environment variable name.")
+    _check_sbatch_lines(spec)
     sw = spec.sweep
     if sw.steps is not None:
         _at_least("sweep.steps", sw.steps, 1)
     _at_least("sweep.parallelism", sw.parallelism, 1)
     if not spec.exp_manager.name or "/" in spec.exp_manager.name:
         raise UserError(f"exp_manager.name={spec.exp_manager.name}: must be a non-empty name without '/'.")
+
+
+def _no_line_break(key: str, value) -> None:
+    if value is not None and _LINE_BREAK.search(str(value)):
+        raise UserError(
+            f"{key}={str(value)!r}: contains a line break, but Slurm reads it on an #SBATCH line, "
+            f"which cannot hold one. Set {key} to a value without newlines."
+        )
+
+
+def _check_sbatch_lines(spec: DictConfig) -> None:
+    """Values that sbatch reads itself (#SBATCH lines: run directory, job name, partition, ...)."""
+    c = spec.cluster
+    _no_line_break("work_dir", spec.work_dir)
+    _no_line_break("exp_manager.exp_dir", spec.exp_manager.exp_dir)
+    _no_line_break("exp_manager.name", spec.exp_manager.name)
+    for key in ("partition", "account", "qos"):
+        _no_line_break(f"cluster.{key}", c[key])
+    for k, v in c.sbatch_extra.items():
+        if not _SBATCH_OPTION.match(str(k)):
+            raise UserError(f"cluster.sbatch_extra: '{k}' is not an sbatch option name (e.g. constraint, reservation).")
+        _no_line_break(f"cluster.sbatch_extra.{k}", v)

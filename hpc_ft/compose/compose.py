@@ -96,6 +96,12 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
     m = re.search(r"Could not override '([^']+)'", str(exc)) or re.search(r"Key '([^']+)' is not in struct", str(exc))
     if m:
         key = m.group(1)
+        parent = key.rpartition(".")[0]
+        if parent and _is_open_map(parent):
+            return UserError(
+                f"{key}: {parent} has no entry '{key.rpartition('.')[2]}' yet; add one with a leading '+': "
+                f"+{key}=VALUE"
+            )
         return UserError(
             f"{key}: unknown key.{did_you_mean(key, _schema_keys(_schema()))} "
             "Check the spelling against docs/user-guide.md (every key is listed there)."
@@ -108,6 +114,15 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
     if m:
         return UserError(f"override '{m.group(1)}': syntax error ({msg}). Use key=value, e.g. trainer.max_steps=100.")
     return UserError(f"config: {msg}")
+
+
+def _is_open_map(dotted: str) -> bool:
+    """True for a schema key that is a free-form mapping (cluster.env, backend.env, cluster.sbatch_extra)."""
+    try:
+        node = OmegaConf.select(_schema(), dotted)
+    except OmegaConfBaseException:
+        return False
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
 
 
 def _first_unparsable(overrides: Sequence[str]) -> Optional[str]:
@@ -123,21 +138,88 @@ def _first_unparsable(overrides: Sequence[str]) -> Optional[str]:
 
 
 def _hydra_compose(overrides: List[str]) -> DictConfig:
+    """Hydra's compose API over the shipped conf/ (and the user's own tree), memoised on disk.
+
+    The cache key covers the overrides, Hydra's version and every config file's name, size and
+    mtime, so an edited or added YAML file is composed anew; a hit skips importing Hydra at all.
+    """
+    udir = user_conf_dir()
+    roots = [conf_dir()] + ([udir] if udir and udir.is_dir() else [])
+    key = _cache_key(overrides, roots)
+    cached = _cache_get(key)
+    if cached is not None:
+        return cached
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException as _OCE
 
-    extra = []
-    udir = user_conf_dir()
-    if udir and udir.is_dir():
-        extra.append(f"hydra.searchpath=[file://{udir}]")
+    extra = [f"hydra.searchpath=[file://{udir}]"] if len(roots) > 1 else []
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return compose(config_name="config", overrides=extra + overrides)
+            cfg = compose(config_name="config", overrides=extra + overrides)
     except (HydraException, _OCE, ValueError) as exc:
         raise _explain_hydra_error(exc, overrides) from None
+    _cache_put(key, cfg)
+    return cfg
+
+
+def _cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "hpc-ft" / "compose"
+
+
+def _cache_key(overrides: Sequence[str], roots: Sequence[Path]) -> str:
+    import hashlib
+    import json
+
+    from omegaconf import version as oc_version
+
+    stamp = []
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for f in sorted(files):
+                if f.endswith(".yaml"):
+                    st = os.stat(os.path.join(dirpath, f))
+                    stamp.append((os.path.join(dirpath, f), st.st_size, st.st_mtime_ns))
+    try:
+        from importlib.metadata import version
+
+        hydra_version = version("hydra-core")
+    except Exception:  # noqa: BLE001 - any failure just means no reuse across versions
+        hydra_version = "?"
+    blob = json.dumps([list(overrides), sorted(stamp), hydra_version, oc_version.__version__])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cache_get(key: str) -> Optional[DictConfig]:
+    import json
+
+    path = _cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return OmegaConf.create(data)
+
+
+def _cache_put(key: str, cfg: DictConfig) -> None:
+    import json
+
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra", None)
+    d = _cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, d / f"{key}.json")
+        entries = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-512]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only home: compose every time
 
 
 def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:

@@ -228,41 +228,54 @@ def _image_digest(spec: DictConfig, dry_run: bool) -> Optional[str]:
 
 def launch_eval(spec: DictConfig, row: Optional[Dict[str, Any]], *, dry_run: bool = False, registry=None) -> Launch:
     """The eval job alone: in a training run's directory (row given) or in a new run directory."""
+    steps = lambda run_dir: backend_module(spec.backend.name).eval_steps(spec, str(run_dir))  # noqa: E731
+    return launch_steps(spec, "eval", steps, row, dry_run=dry_run, registry=registry)
+
+
+def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str, Any]] = None, *,
+                 dry_run: bool = False, registry=None, gpus: Optional[int] = None) -> Launch:
+    """One job of `kind` (eval, convert, ...) whose steps `make_steps(run_dir)` returns.
+
+    With `row` the job joins that run's directory (and its registry row); otherwise it gets a new run.
+    """
     from hpc_ft.submit import executors
 
     notes: List[str] = []
     if row is not None:
         run_dir, run_id = Path(row["run_dir"]), row["run_id"]
     else:
-        check_inputs(spec, True, notes)
+        if kind == "eval":
+            check_inputs(spec, True, notes)
         run_id = rd.new_run_id()
         run_dir = rd.make_run_dir(spec, run_id)
         rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
         rd.write_run_json(run_dir, {"run_id": run_id, "name": spec.exp_manager.name, "run_dir": str(run_dir),
-                                    "backend": spec.backend.name, "cluster": spec.cluster.name,
+                                    "kind": kind, "backend": spec.backend.name, "cluster": spec.cluster.name,
                                     "executor": spec.cluster.executor, "jobs": {}, "job_ids": [],
                                     "config_hash": rd.config_hash(spec), "dry_run": dry_run,
                                     "hpc_ft_version": rd.code_version()})
     backend = backend_module(spec.backend.name)
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
-    gpus = t.devices if c.gpu.request != "none" else 0
+    if gpus is None:
+        gpus = t.devices if c.gpu.request != "none" else 0
     script = render_job_script(
         spec, run_dir=str(run_dir), run_id=run_id, env=env, runtime_env_prefix=runtime_env_prefix(spec),
-        steps=backend.eval_steps(spec, str(run_dir)), description="eval",
-        sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "eval"), output=str(run_dir / "logs" / "job.out"),
+        steps=make_steps(run_dir), description=kind,
+        sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, kind), output=str(run_dir / "logs" / "job.out"),
                               nodes=1, gpus_per_node=gpus, comment=f"hpc-ft:{run_id}"))
-    rd.write_text(run_dir / "eval.sbatch", script.text, 0o755)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts={"eval": script}, notes=notes)
+    path = run_dir / f"{kind}.sbatch"
+    rd.write_text(path, script.text, 0o755)
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts={kind: script}, notes=notes)
     if dry_run:
         return launch
+    folder = run_dir / "logs" / "submitit"
     if c.executor == "slurm":
-        executors.test_only(run_dir / "eval.sbatch")
-        launch.job_ids["eval"] = executors.submit_slurm(script.text, run_dir / "logs" / "submitit").job_id
+        executors.test_only(path)
+        launch.job_ids[kind] = executors.submit_slurm(script.text, folder).job_id
     else:
-        sub, job = executors.submit_local(run_dir / "eval.sbatch", run_dir / "logs" / "submitit",
-                                          timeout_minutes(c.time), int(c.signal_before_timeout_s))
-        launch.job_ids["eval"], launch.local_job = sub.job_id, job
+        sub, job = executors.submit_local(path, folder, timeout_minutes(c.time), int(c.signal_before_timeout_s))
+        launch.job_ids[kind], launch.local_job = sub.job_id, job
     rec = rd.read_run_json(run_dir)
     rec.setdefault("jobs", {}).update(launch.job_ids)
     rec["job_ids"] = list(rec["jobs"].values())

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import secrets as _secrets
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -71,18 +70,22 @@ def file_sha256(path: str) -> Optional[str]:
 
 
 def code_version() -> str:
-    """hpc-ft's version, plus the git commit when running from a checkout."""
+    """hpc-ft's version, plus the git commit when running from a checkout (read from .git, no subprocess)."""
     from hpc_ft import __version__
 
-    src = Path(__file__).resolve().parent.parent.parent
-    if (src / ".git").exists():
-        try:
-            sha = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, timeout=5).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            if sha:
-                return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return __version__
+    git = Path(__file__).resolve().parent.parent.parent / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            if ref_file.exists():
+                sha = ref_file.read_text().strip()
+            else:
+                packed = (git / "packed-refs").read_text().splitlines()
+                sha = next(line.split()[0] for line in packed if line.endswith(" " + ref))
+        else:
+            sha = head
+        return f"{__version__}+g{sha[:9]}"
+    except (OSError, StopIteration, NotADirectoryError):
+        return __version__
