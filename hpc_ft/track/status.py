@@ -14,6 +14,12 @@ from typing import Any, Dict, Optional
 from hpc_ft.track import slurm as sl
 from hpc_ft.track.registry import FINAL_STATES
 
+# The state shown when the scheduler has nothing to say (a run directory read on its own).
+CAUSE_STATE = {"COMPLETED": "COMPLETED", "EARLY_STOPPED": "COMPLETED", "TIMEOUT": "TIMEOUT",
+               "PREEMPTED": "PREEMPTED", "CANCELLED": "CANCELLED", "GPU_OOM": "FAILED", "HOST_OOM": "OUT_OF_MEMORY",
+               "NCCL_TIMEOUT": "FAILED", "NCCL_ERROR": "FAILED", "CONFIG_ERROR": "FAILED", "NODE_FAIL": "NODE_FAIL",
+               "ERROR": "FAILED", "RUNNING": "RUNNING"}
+
 STATUS_KEYS = ("run_id", "job_id", "state", "step", "max_steps", "train_loss", "best_val_loss", "best_checkpoint",
                "early_stopped", "accuracy", "base_accuracy")
 
@@ -47,10 +53,14 @@ def run_status(row: Dict[str, Any], registry=None) -> Dict[str, Any]:
     rec = _record(run_dir)
     sched = scheduler_state(row, rec)
     train = sched.get("train", {})
+    restarts = train.get("Restarts")
     rs = state_from_run_dir(run_dir, row.get("backend") or rec.get("backend", "hf"),
                             slurm_state=train.get("State") or None, exit_code=sl.exit_code(train),
+                            run_id=row["run_id"], requeues=int(restarts) if restarts and restarts.isdigit() else None,
                             **_nemo_kwargs(rec, run_dir))
-    out = dataclasses.asdict(rs) if dataclasses.is_dataclass(rs) else dict(rs)
+    out = rs.to_dict()
+    if not out.get("state") or out["state"] == "UNKNOWN":
+        out["state"] = CAUSE_STATE.get(out.get("end_cause"), out.get("state") or "UNKNOWN")
     out = {k: (v.value if hasattr(v, "value") else v) for k, v in out.items()}
     out.update({
         "run_id": row["run_id"],
@@ -74,7 +84,22 @@ def run_status(row: Dict[str, Any], registry=None) -> Dict[str, Any]:
 
 
 def _nemo_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    return {}
+    """Where NeMo wrote (exp_manager.exp_dir/name), how many rank folders a checkpoint has, max_steps."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(cfg_path)
+        kw: Dict[str, Any] = {"max_steps": int(cfg.sweep.steps or cfg.trainer.max_steps)}
+        if cfg.backend.name == "nemo":
+            kw.update(exp_name=cfg.exp_manager.name, nemo_exp_root=cfg.exp_manager.exp_dir,
+                      expected_ranks=int(cfg.model.tensor_model_parallel_size) * int(cfg.model.pipeline_model_parallel_size),
+                      mode=cfg.exp_manager.early_stopping_callback_params.mode)
+        return kw
+    except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
+        return {}
 
 
 def is_final(status: Dict[str, Any]) -> bool:

@@ -1,0 +1,364 @@
+"""Builds one RunState for a run directory from its logs, event file and checkpoint folder.
+
+Run directory layouts read here::
+
+    nemo:  <run_dir>/logs/job.out, job.err          Slurm stdout/stderr (NeMo console output)
+           <exp_dir>/<exp_manager.name>/             NeMo's exp dir (default exp_dir: <run_dir>/nemo): checkpoints/, run_N/, rank logs
+    hf:    <run_dir>/events.jsonl                    the hf runtime's event file
+           <run_dir>/checkpoints/checkpoint-N/       Trainer checkpoints (trainer_state.json)
+           <run_dir>/logs/job.out, job.err
+    both:  <run_dir>/predictions/*.jsonl             eval outputs; a name with "base" = base model
+
+The Slurm state and exit code are not read here: the caller passes them in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpc_ft.errors import UserError
+from hpc_ft.track.accuracy import score_predictions
+from hpc_ft.track.causes import REQUEUE_CAUSES, explain_end, last_attempt, normalize_slurm_state
+from hpc_ft.track.events import (
+    AttemptStarted,
+    BestRestored,
+    CheckpointSaved,
+    EarlyStop,
+    EndCause,
+    EvalResult,
+    Event,
+    FinalArtifact,
+    MaxStepsReached,
+    PreemptSaved,
+    Progress,
+    TrainEnd,
+    ValLoss,
+    merge_attempts,
+    split_attempts,
+)
+from hpc_ft.track.hf_events import read_hf_events, scan_hf_checkpoints
+from hpc_ft.track.nemo_checkpoints import (
+    CheckpointSummary,
+    find_nemo_log_dir,
+    inspect_checkpoints,
+    nemo_exp_dir,
+)
+from hpc_ft.track.nemo_log import log_tail, parse_nemo_log
+
+BACKENDS = ("nemo", "hf")
+SLURM_LOGS = ("job.out", "job.err")
+REASON_TAIL_LINES = 400  # searched for the error line; tracebacks of several ranks are long
+
+
+@dataclass
+class RunState:
+    """Everything `status`/`watch` show about one run, built from files the run left on disk."""
+
+    run_id: str
+    job_id: str | None = None
+    state: str | None = None  # the Slurm state passed in (normalised), None when unknown
+    step: int | None = None
+    max_steps: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None  # the latest validation loss
+    best_val_loss: float | None = None
+    best_checkpoint: str | None = None  # absolute path; NeMo: un-injected (as NeMo resumes it)
+    last_checkpoint: str | None = None  # the checkpoint a resume would start from
+    final_artifact: str | None = None  # NeMo: checkpoints/<name>.nemo
+    early_stopped: bool = False
+    end_cause: EndCause = EndCause.UNKNOWN
+    end_reason: str = ""
+    accuracy: float | None = None
+    base_accuracy: float | None = None
+    step_time_s: float | None = None
+    tokens_per_s: float | None = None
+    log_tail: str = ""
+    requeues: int = 0
+    attempts: int = 0
+    backend: str = "nemo"
+    notes: list[str] = field(default_factory=list)  # problems met while reading the run dir
+
+    @property
+    def requeueable(self) -> bool:
+        return self.end_cause in REQUEUE_CAUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["end_cause"] = self.end_cause.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        data = dict(data)
+        data["end_cause"] = EndCause(data.get("end_cause", EndCause.UNKNOWN.value))
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _last(events: list[Event], kind: type, attr: str | None = None) -> Any:
+    """The last event of ``kind`` (or its last non-None ``attr``)."""
+    for event in reversed(events):
+        if isinstance(event, kind):
+            if attr is None:
+                return event
+            value = getattr(event, attr)
+            if value is not None:
+                return value
+    return None
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def _local(path: str | None, folder: Path) -> str | None:
+    """A checkpoint path as logged (maybe a path inside the container) mapped onto ``folder``
+    when an entry of that name exists there."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.exists():
+        return str(p)
+    candidate = folder / p.name
+    return str(candidate) if candidate.exists() else path
+
+
+def _tail(files: list[Path], lines: int) -> str:
+    present = [p for p in files if p.is_file()]
+    if len(present) == 1:
+        return log_tail(present[0], lines)
+    parts = []
+    for p in present:
+        text = log_tail(p, lines)
+        if text:
+            parts.append(f"==> {p.name} <==\n{text}")
+    return "\n".join(parts)
+
+
+def _slurm_log_events(run_dir: Path) -> tuple[list[list[Event]], list[Path]]:
+    paths = []
+    for name in SLURM_LOGS:
+        p = run_dir / "logs" / name
+        if p.is_file() and not any(p.samefile(q) for q in paths):
+            paths.append(p)
+    return [parse_nemo_log(p) for p in paths], paths
+
+
+def _nemo_rank0_events(log_dir: Path) -> tuple[list[Event], list[Path]]:
+    """Events of NeMo's own rank-0 logs, one file per attempt (used when Slurm logs are missing)."""
+    files = nemo_exp_dir(log_dir).rank0_logs()
+    events: list[Event] = []
+    for p in files:
+        parsed = parse_nemo_log(p)
+        if events and not (parsed and isinstance(parsed[0], AttemptStarted)):
+            events.append(AttemptStarted("nemo"))
+        events.extend(parsed)
+    return events, files
+
+
+def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None, float | None]:
+    folder = run_dir / "predictions"
+    if not folder.is_dir():
+        return None, None
+    accuracy = base = None
+    for path in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+        try:
+            report = score_predictions(path)
+        except UserError as exc:
+            notes.append(str(exc))
+            continue
+        if "base" in path.name.lower():
+            base = report.accuracy
+        else:
+            accuracy = report.accuracy
+    return accuracy, base
+
+
+def state_from_events(
+    run_id: str,
+    backend: str,
+    events: list[Event],
+    *,
+    slurm_state: str | None = None,
+    exit_code: int | None = None,
+    job_id: str | None = None,
+    requeues: int | None = None,
+    max_steps: int | None = None,
+    log_tail_text: str = "",
+    reason_tail: str | None = None,
+    best_checkpoint: str | None = None,
+    best_value: float | None = None,
+    best_step: int | None = None,
+    last_checkpoint: str | None = None,
+    final_artifact: str | None = None,
+    mode: str = "min",
+) -> RunState:
+    """A RunState from already-parsed events (``watch`` keeps incremental parsers and calls this).
+
+    ``best_*``/``last_checkpoint``/``final_artifact`` come from the checkpoint folder; missing
+    ones are filled from the events. A ``final_artifact`` is added to the events as
+    ``FinalArtifact`` before the end is classified. ``reason_tail``: a longer log tail to find
+    the error line in (default: ``log_tail_text``).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    events = list(events)
+    if final_artifact is not None and not any(isinstance(e, FinalArtifact) for e in events):
+        events.append(FinalArtifact(final_artifact))
+    tail = log_tail_text if reason_tail is None else reason_tail
+    verdict = explain_end(slurm_state, exit_code, events, tail, require_artifact=backend == "nemo")
+    attempt = last_attempt(events)
+    better = min if mode == "min" else max
+
+    # best validation loss: the most precise value logged for the best checkpoint's step
+    best_val = None
+    saved_vals = [e for e in events if isinstance(e, CheckpointSaved) and _finite(e.val_loss)]
+    val_events = [e for e in events if isinstance(e, ValLoss) and _finite(e.val_loss)]
+    if best_step is not None:
+        best_val = next((e.val_loss for e in reversed(saved_vals) if e.step == best_step), None)
+        if best_val is None:
+            best_val = next((e.val_loss for e in reversed(val_events) if e.step == best_step), None)
+    if best_val is None and best_value is not None and _finite(best_value):
+        best_val = best_value
+    if best_val is None:
+        end = _last(events, TrainEnd, "best_val_loss")
+        values = [e.val_loss for e in saved_vals] + [e.val_loss for e in val_events]
+        if end is not None:
+            best_val = end
+        elif values:
+            best_val = better(values)
+        else:
+            best_val = _last(events, EarlyStop, "best_score")
+
+    if best_checkpoint is None:
+        best_checkpoint = _last(events, TrainEnd, "best_checkpoint") or _last(events, BestRestored, "path")
+        if best_checkpoint is None and saved_vals:
+            best_checkpoint = better(saved_vals, key=lambda e: e.val_loss).path
+    if last_checkpoint is None:
+        last_checkpoint = _last(events, PreemptSaved, "path") or _last(events, CheckpointSaved, "path")
+
+    attempts = len(split_attempts(events)) if events else 0
+    early = any(isinstance(e, EarlyStop) for e in attempt)
+    return RunState(
+        run_id=run_id,
+        job_id=job_id,
+        state=normalize_slurm_state(slurm_state),
+        step=_last(events, Progress, "step"),
+        max_steps=_last(events, MaxStepsReached, "max_steps") or _last(events, Progress, "max_steps") or max_steps,
+        train_loss=_last(events, Progress, "train_loss"),
+        val_loss=_last(events, ValLoss, "val_loss"),
+        best_val_loss=best_val,
+        best_checkpoint=best_checkpoint,
+        last_checkpoint=last_checkpoint,
+        final_artifact=final_artifact or _last(events, FinalArtifact, "path"),
+        early_stopped=early,
+        end_cause=verdict.cause,
+        end_reason=verdict.reason + (f" | {verdict.line}" if verdict.line and verdict.line not in verdict.reason else ""),
+        accuracy=_last(events, EvalResult, "accuracy"),
+        base_accuracy=_last(events, EvalResult, "base_accuracy"),
+        step_time_s=_last(events, Progress, "step_time_s"),
+        tokens_per_s=_last(events, Progress, "tokens_per_s"),
+        log_tail=log_tail_text,
+        requeues=requeues if requeues is not None else max(0, attempts - 1),
+        attempts=attempts,
+        backend=backend,
+    )
+
+
+def state_from_run_dir(
+    run_dir: str | Path,
+    backend: str,
+    slurm_state: str | None = None,
+    exit_code: int | None = None,
+    *,
+    run_id: str | None = None,
+    job_id: str | None = None,
+    requeues: int | None = None,
+    exp_name: str | None = None,
+    max_steps: int | None = None,
+    expected_ranks: int | None = None,
+    mode: str = "min",
+    tail_lines: int = 40,
+    nemo_exp_root: str | Path | None = None,
+) -> RunState:
+    """Parse a run directory (layout in the module docstring) into a RunState.
+
+    ``exp_name``: NeMo's ``exp_manager.name`` (default: the folder under ``<run_dir>/nemo``);
+    ``expected_ranks``: TP x PP, so a checkpoint missing a whole rank folder is not complete;
+    ``requeues``: from the scheduler; default = attempts found in the logs - 1;
+    ``nemo_exp_root``: NeMo's ``exp_manager.exp_dir`` (the folder holding ``<exp_name>/``), default
+    ``<run_dir>/nemo``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    run_dir = Path(run_dir).resolve()
+    sources, log_files = _slurm_log_events(run_dir)
+    notes: list[str] = []
+    kwargs: dict[str, Any] = {}
+
+    if backend == "nemo":
+        nemo_root = Path(nemo_exp_root) if nemo_exp_root else run_dir / "nemo"
+        log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
+        name = exp_name
+        summary: CheckpointSummary | None = None
+        if log_dir is not None:
+            if name is None:
+                name = log_dir.name if log_dir.parent == nemo_root else log_dir.parent.name
+            summary = inspect_checkpoints(log_dir / "checkpoints", name=name, mode=mode, expected_ranks=expected_ranks)
+            if not sources:
+                rank0, files = _nemo_rank0_events(log_dir)
+                sources, log_files = [rank0], files[-1:]
+        events = merge_attempts(*sources)
+        if summary is not None:
+            if summary.best is not None:
+                kwargs.update(
+                    best_checkpoint=str(summary.best.path),
+                    best_value=summary.best.value,
+                    best_step=summary.best.step,
+                )
+            if summary.last is not None:
+                kwargs["last_checkpoint"] = str(summary.last.path)
+            if summary.final_nemo is not None:
+                kwargs["final_artifact"] = str(summary.final_nemo)
+            incomplete = [c.path.name for c in summary.checkpoints if not c.complete]
+            if incomplete:
+                notes.append(f"incomplete checkpoints (missing rank files or unfinished): {', '.join(incomplete)}")
+    else:
+        events = merge_attempts(read_hf_events(run_dir / "events.jsonl", run_dir), *sources)
+        hf = scan_hf_checkpoints(run_dir / "checkpoints")
+        folder = run_dir / "checkpoints"
+        logged_best = _last(events, TrainEnd, "best_checkpoint")
+        if logged_best:
+            kwargs["best_checkpoint"] = _local(logged_best, folder)
+        elif hf.best_path is not None:
+            kwargs["best_checkpoint"] = str(hf.best_path)
+        if hf.best_metric is not None and _last(events, TrainEnd, "best_val_loss") is None:
+            kwargs["best_value"] = hf.best_metric
+        if hf.last is not None:
+            kwargs["last_checkpoint"] = str(hf.last.path)
+        final = _last(events, FinalArtifact, "path")
+        if final:
+            kwargs["final_artifact"] = _local(final, folder)
+
+    state = state_from_events(
+        run_id or run_dir.name,
+        backend,
+        events,
+        slurm_state=slurm_state,
+        exit_code=exit_code,
+        job_id=job_id,
+        requeues=requeues,
+        max_steps=max_steps,
+        log_tail_text=_tail(log_files, tail_lines),
+        reason_tail=_tail(log_files, REASON_TAIL_LINES),
+        mode=mode,
+        **kwargs,
+    )
+    if state.accuracy is None and state.base_accuracy is None:
+        state.accuracy, state.base_accuracy = _predictions_accuracy(run_dir, notes)
+    state.notes.extend(notes)
+    return state
