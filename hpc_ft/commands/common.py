@@ -12,9 +12,16 @@ from hpc_ft.errors import UserError
 
 
 def registry():
-    from hpc_ft.track.registry import Registry
+    import sqlite3
 
-    return Registry()
+    from hpc_ft.track.registry import Registry, registry_path
+
+    try:
+        return Registry()
+    except (OSError, sqlite3.Error) as exc:
+        raise UserError(
+            f"registry {registry_path()}: cannot open it ({exc}). Set HPC_FT_REGISTRY to a file in a folder you can write."
+        ) from None
 
 
 def resolve_run(ref: Optional[str]) -> Dict[str, Any]:

@@ -20,6 +20,8 @@ def _score(path: str, misses: int, as_json: bool) -> int:
                           "misses": [m.__dict__ if hasattr(m, "__dict__") else m for m in res.misses[:misses]]},
                          ensure_ascii=False, indent=2))
         return 0
+    if not res.n:
+        raise UserError(f"{path}: no predictions in the file. Check the eval job's log (`hpc-ft logs`).")
     print(f"accuracy {res.accuracy:.1%} ({res.correct}/{res.n}) on {path}")
     for m in res.misses[:misses]:
         d = m.__dict__ if hasattr(m, "__dict__") else m

@@ -93,6 +93,13 @@ def check_spec(spec: DictConfig) -> None:
     for name in spec.backend.env:
         if not _ENV_NAME.match(str(name)):
             raise UserError(f"backend.env: '{name}' is not an environment variable name.")
+    for where, mapping in (("cluster.env", c.env), ("backend.env", spec.backend.env)):
+        for name in mapping:
+            if name in spec.secrets:
+                raise UserError(
+                    f"{where}.{name}: {name} is a secret (listed in `secrets`), so its value must not be written "
+                    f"into the config or the job script. Remove it and export it where you submit: export {name}=..."
+                )
     _check_sbatch_lines(spec)
     sw = spec.sweep
     if sw.steps is not None:

@@ -137,6 +137,20 @@ def _first_unparsable(overrides: Sequence[str]) -> Optional[str]:
     return None
 
 
+def _prepend_user_dir(udir: Path) -> None:
+    """Search the user's/site's config tree before the shipped one, so that its cluster/nig.yaml wins.
+
+    (`hydra.searchpath=[...]` appends after the shipped tree, where a file of the same name is never reached.)
+    """
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    csp = loader.config_search_path
+    csp.prepend("hpc-ft-user", f"file://{udir.resolve()}", anchor=SearchPathQuery(provider="main"))
+    loader.repository.initialize_sources(csp)
+
+
 def _hydra_compose(overrides: List[str]) -> DictConfig:
     """Hydra's compose API over the shipped conf/ (and the user's own tree), memoised on disk.
 
@@ -154,11 +168,12 @@ def _hydra_compose(overrides: List[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException as _OCE
 
-    extra = [f"hydra.searchpath=[file://{udir}]"] if len(roots) > 1 else []
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            cfg = compose(config_name="config", overrides=extra + overrides)
+            if len(roots) > 1:
+                _prepend_user_dir(udir)
+            cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, _OCE, ValueError) as exc:
         raise _explain_hydra_error(exc, overrides) from None
     _cache_put(key, cfg)
@@ -189,7 +204,10 @@ def _cache_key(overrides: Sequence[str], roots: Sequence[Path]) -> str:
         hydra_version = version("hydra-core")
     except Exception:  # noqa: BLE001 - any failure just means no reuse across versions
         hydra_version = "?"
-    blob = json.dumps([list(overrides), sorted(stamp), hydra_version, oc_version.__version__])
+    from hpc_ft import __version__
+
+    code = os.stat(__file__).st_mtime_ns  # how composition is done is part of the key, too
+    blob = json.dumps([list(overrides), sorted(stamp), hydra_version, oc_version.__version__, __version__, code])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -237,11 +255,11 @@ def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
         key = getattr(exc, "full_key", None) or str(exc)
         raise UserError(
             f"{key}: unknown key.{did_you_mean(str(key), _schema_keys(_schema()))} "
-            "Check the spelling against `hpc-ft train --cfg` (docs/user-guide.md lists every key)."
+            "Check the spelling against docs/user-guide.md (every key is listed there)."
         ) from None
     except ValidationError as exc:
         key = getattr(exc, "full_key", "") or "config"
-        raise UserError(f"{key}: {_first_line(exc)}. Give a value of the right type, e.g. {key}=<number>.") from None
+        raise UserError(f"{key}: {_first_line(exc)}. {_type_fix(key)}") from None
     try:
         OmegaConf.resolve(spec)
     except MissingMandatoryValue as exc:
@@ -256,6 +274,31 @@ def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
         raise UserError(f"{key}: missing value. Set it on the command line: {key}=...")
     OmegaConf.set_readonly(spec, False)
     return spec
+
+
+_TYPE_EXAMPLES = {int: ("an integer", "8"), float: ("a number", "0.5"), bool: ("true or false", "true"),
+                  str: ("a string", "'some text'")}
+
+
+def _type_fix(key: str) -> str:
+    """'Give KEY <kind of value>, e.g. KEY=<example>.' from the schema's type of `key`."""
+    node = _schema()
+    try:
+        for part in key.split("."):
+            node = node._get_node(part)
+        ref = node._metadata.ref_type
+        optional = node._metadata.optional
+    except (AttributeError, KeyError, OmegaConfBaseException):
+        return f"Give {key} a value of the right type."
+    if ref in _TYPE_EXAMPLES:
+        kind, example = _TYPE_EXAMPLES[ref]
+    elif str(ref).startswith("typing.List"):
+        kind, example = "a list", "[a,b]"
+    elif str(ref).startswith("typing.Dict"):
+        kind, example = "a mapping", "{A:b}"
+    else:
+        return f"Give {key} a value of the right type."
+    return f"Give {key} {kind}{' (or null)' if optional else ''}, e.g. {key}={example}."
 
 
 def _first_line(exc: Exception) -> str:

@@ -201,6 +201,7 @@ class SyntheticDataConf:
 class DataConf:
     name: str = MISSING
     source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
+    seq_len: int = 256                    # padded tokens per sample, for the planner's activation estimate
     seed: int = 42
     n_valid: int = 1000
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)

@@ -31,7 +31,7 @@ METHODS = ("build", "pull")
 LOGINS = ("env", "prompt")
 NGC_USERNAME = "$oauthtoken"
 NGC_KEY_ENV = "NGC_API_KEY"
-TEMPLATE_NAME = "build_image.sbatch.j2"
+TEMPLATE_NAME = "container_build.sbatch.j2"  # in templates/, found like sbatch.j2 (site dir first)
 _WHEEL = re.compile(r"^(?:.*/)?hpc_ft-(?P<version>[^-]+)-py3-none-any\.whl$")
 _SBATCH_VALUE = re.compile(r"^[^\s'\"`$\\;&|<>]+$")
 
@@ -196,15 +196,24 @@ def render_job_script(
     log_path: str | os.PathLike | None = None,
     extra_sbatch: Sequence[str] = (),
     template_dirs: Sequence[str | os.PathLike] = (),
+    modules: Sequence[str] = (),
+    setup: Sequence[str] = (),
 ) -> str:
-    """A Slurm batch script that runs the plan on a compute node (site `template_dirs` win over ours)."""
+    """A Slurm batch script that runs the plan on a compute node.
+
+    The template is templates/container_build.sbatch.j2, looked up like every job template
+    (`hpc_ft.render.render.template_dirs()`: $HPC_FT_TEMPLATE_DIR first, then the shipped ones);
+    explicit `template_dirs` come before both. `modules` become `module load` lines and `setup`
+    lines are copied verbatim (a site's cluster.modules / cluster.setup, e.g. to put singularity on PATH).
+    """
     import jinja2
 
     from hpc_ft import __version__
+    from hpc_ft.render.render import template_dirs as job_template_dirs
 
     if plan.login == "prompt":
         raise UserError("a batch job cannot answer --docker-login prompts; render with login='env' (credentials from $NGC_API_KEY)")
-    search = [str(d) for d in template_dirs] + [str(Path(__file__).parent)]
+    search = [str(d) for d in template_dirs] + [str(d) for d in job_template_dirs()]
     loader = jinja2.FileSystemLoader(search)
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters["q"] = lambda v: shlex.quote(str(v))
@@ -223,6 +232,8 @@ def render_job_script(
         account=_check_sbatch_value("account", account) if account else None,
         log_path=_check_sbatch_value("log_path", log),
         extra_sbatch=list(extra_sbatch),
+        modules=[str(m) for m in modules],
+        setup=[str(line) for line in setup],
         hpc_ft_version=__version__,
     )
     return text

@@ -209,18 +209,26 @@ def record_image(
     produced_by: str,
     *,
     write: bool = True,
+    measured: VerifyResult | None = None,
 ) -> ImageLock:
     """Put the size and sha256 of the image file that exists now into the lock (and write it).
 
     `produced_by` is 'build' or 'pull'. Refuses when the file is missing: the lock only ever
-    holds digests of files that were actually measured.
+    holds digests of files that were actually measured. `measured` is a `verify_image` result
+    for the same file: its sha256 is reused (a 17 GB image is not hashed twice) when the file's
+    size has not changed since.
     """
     lk = _as_lock(lock)
     entry = lk.get(name)
     path = Path(images_dir).expanduser() / entry.sif
     if not path.is_file():
         raise UserError(f"{path} does not exist; build or pull image '{name}' before recording it in {lk.path}")
-    lk.images[name] = with_digest(entry, path.stat().st_size, sha256_file(path), produced_by)
+    size = path.stat().st_size
+    reuse = (
+        measured is not None and measured.sha256 is not None and measured.size_bytes == size
+        and measured.path.expanduser().resolve() == path.resolve()
+    )
+    lk.images[name] = with_digest(entry, size, measured.sha256 if reuse else sha256_file(path), produced_by)
     if write:
         write_lock(lk)
     return lk

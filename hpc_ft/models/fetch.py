@@ -68,7 +68,8 @@ def cached_revisions(repo_id: str, cache_dir: str | os.PathLike | None = None) -
 
 def _pin_hint(repo_id: str) -> str:
     return (
-        f"Pin a full commit hash: hpc-ft model fetch {repo_id} --revision <40-hex commit>. "
+        "Pin a full commit hash: set model.revision=<40-hex commit> (on the command line, as in "
+        "`hpc-ft model fetch model=<config> model.revision=<commit>`, or in your model config). "
         f"Find it on https://huggingface.co/{repo_id}/commits/main, or with "
         f"`python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('{repo_id}').sha)\"`."
     )
@@ -180,7 +181,7 @@ def _offline_error(repo_id: str, revision: str, cache: Path) -> UserError:
         where = f"{repo_id} is not in that cache at all."
     return UserError(
         f"model {repo_id}@{revision} is not in the local Hugging Face cache {cache}, and HF_HUB_OFFLINE=1 forbids downloading. "
-        f"{where} Fix: on a machine with network access run `hpc-ft model fetch {repo_id} --revision {revision}` "
+        f"{where} Fix: on a machine with network access run `hpc-ft model fetch` with the same overrides (model.revision={revision}) "
         "with HF_HUB_OFFLINE unset (same HF_HOME), or point HF_HUB_CACHE/HF_HOME at the cache that has it."
     )
 

@@ -12,9 +12,10 @@ import re
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -151,15 +152,30 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     return scripts
 
 
+@contextmanager
+def _writable(key: str, value: str) -> Iterator[None]:
+    """A folder that cannot be created or written (a file in the way, no permission) -> UserError naming `key`."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or value
+        raise UserError(
+            f"{key}={value}: cannot write {where} ({exc.strerror or exc}). "
+            f"Point {key} (or work_dir) at a folder you can write to."
+        ) from None
+
+
 def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = False, with_eval: bool = False,
                registry=None) -> Launch:
     from hpc_ft.submit import executors
 
     notes: List[str] = []
     check_inputs(spec, dry_run, notes)
-    checksums = ensure_data(spec, dry_run, notes)
+    with _writable("data.dir", spec.data.dir):
+        checksums = ensure_data(spec, dry_run, notes)
     run_id = rd.new_run_id()
-    run_dir = rd.make_run_dir(spec, run_id)
+    with _writable("exp_manager.exp_dir", spec.exp_manager.exp_dir):
+        run_dir = rd.make_run_dir(spec, run_id)
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
     rd.write_text(run_dir / "job.sbatch", scripts["train"].text, 0o755)

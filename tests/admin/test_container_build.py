@@ -106,9 +106,33 @@ def test_job_script_refuses_shell_characters_in_sbatch_values(tmp_path):
 def test_site_template_directory_wins(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "build_image.sbatch.j2").write_text("#!/bin/bash\n# site template for {{ plan.name }}\n")
+    (site / "container_build.sbatch.j2").write_text("#!/bin/bash\n# site template for {{ plan.name }}\n")
     plan = plan_build("hf", LOCK, tmp_path)
     assert render_job_script(plan, template_dirs=[site]) == "#!/bin/bash\n# site template for hf\n"
+
+
+def test_build_template_lives_with_the_job_templates_and_the_site_directory_overrides_it(tmp_path, monkeypatch):
+    from hpc_ft.render.render import template_dirs
+
+    shipped = [d for d in template_dirs() if (d / "container_build.sbatch.j2").is_file()]
+    assert shipped and shipped[0] == REPO / "templates"
+    assert not (REPO / "hpc_ft" / "containers" / "build_image.sbatch.j2").exists()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "container_build.sbatch.j2").write_text("#!/bin/bash\n# site build job for {{ plan.name }} ({{ time }})\n")
+    monkeypatch.setenv("HPC_FT_TEMPLATE_DIR", str(site))
+    plan = plan_build("hf", LOCK, tmp_path)
+    assert render_job_script(plan, time="01:00:00") == "#!/bin/bash\n# site build job for hf (01:00:00)\n"
+    monkeypatch.delenv("HPC_FT_TEMPLATE_DIR")
+    assert render_job_script(plan).startswith("#!/bin/bash\n#SBATCH --job-name=hpc-ft-build-hf\n")
+
+
+def test_job_script_loads_the_site_modules_before_building(tmp_path):
+    plan = plan_build("hf", LOCK, tmp_path)
+    script = render_job_script(plan, modules=["singularity/3.11"], setup=["export SINGULARITY_CACHEDIR=/scratch/c"])
+    body = script.split("set -euo pipefail\n", 1)[1]
+    assert body.startswith("module load singularity/3.11\nexport SINGULARITY_CACHEDIR=/scratch/c\n")
+    assert body.index("module load") < body.index("singularity build")
 
 
 def test_lock_source_must_agree_with_the_recipe(tmp_path):

@@ -94,7 +94,7 @@ def test_unpinned_revisions_are_refused_with_how_to_pin(offline_hub, revision):
     msg = str(info.value)
     assert "model.revision" in msg
     if revision != "A" * 40:
-        assert "--revision <40-hex commit>" in msg and f"huggingface.co/{REPO_ID}/commits/main" in msg
+        assert "model.revision=<40-hex commit>" in msg and f"huggingface.co/{REPO_ID}/commits/main" in msg
 
 
 def test_allow_unpinned_follows_the_cached_ref(offline_hub):

@@ -1,0 +1,123 @@
+"""Preflight: the planner's verdict on a composed job, before anything waits in a queue.
+
+`plan_request(spec)` maps the JobSpec onto the planner's PlanRequest (one place for that mapping);
+`preflight(spec, force)` refuses a job that breaks a NeMo/HF rule or cannot fit in memory (exit 2,
+with the breakdown and the best feasible alternative), unless --force.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig
+
+from hpc_ft.errors import UserError
+
+SHIPPED_CONFIGS = "model/configs"
+
+
+def model_config_source(spec: DictConfig) -> Optional[Any]:
+    """Where the model's architecture comes from: model.hf_config, <hf_path>/config.json, a config shipped
+    under conf/model/configs/<model.name>.json, or (for the locally built tiny model) its build spec."""
+    m = spec.model
+    if m.hf_config:
+        if not os.path.isfile(m.hf_config):
+            raise UserError(f"model.hf_config={m.hf_config}: no such file. Point it at a model's config.json.")
+        return m.hf_config
+    if m.hf_path and os.path.isfile(os.path.join(m.hf_path, "config.json")):
+        return os.path.join(m.hf_path, "config.json")
+    from hpc_ft.compose.compose import conf_dir, user_conf_dir
+
+    for root in (user_conf_dir(), conf_dir()):
+        if root and (root / SHIPPED_CONFIGS / f"{m.name}.json").is_file():
+            return str(root / SHIPPED_CONFIGS / f"{m.name}.json")
+    if m.build == "tiny":
+        from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec
+
+        t = TinyModelSpec()
+        return {"model_type": "llama", "hidden_size": t.hidden, "intermediate_size": t.intermediate,
+                "num_hidden_layers": t.layers, "num_attention_heads": t.heads, "num_key_value_heads": t.heads,
+                "vocab_size": t.vocab_size, "max_position_embeddings": t.max_positions, "tie_word_embeddings": True}
+    return None
+
+
+def plan_request(spec: DictConfig, source=None, **changes):
+    from hpc_ft.plan import PlanRequest, arch_from_hf_config
+
+    source = source if source is not None else model_config_source(spec)
+    if source is None:
+        return None
+    m, t, c = spec.model, spec.trainer, spec.cluster
+    scheme = m.peft.peft_scheme
+    hf = spec.backend.name == "hf"
+    flash = None
+    if not hf and str(spec.backend.env.get("NVTE_FLASH_ATTN", "1")) == "0":
+        flash = False
+    req = PlanRequest(
+        arch=arch_from_hf_config(source, name=m.name),
+        backend=spec.backend.name,
+        gpu=c.gpu.model,
+        gpus_per_node=max(c.gpu.per_node, t.devices) if c.gpu.model == "cpu" else c.gpu.per_node,
+        num_nodes=t.num_nodes,
+        devices=t.devices,
+        tp=m.tensor_model_parallel_size,
+        pp=m.pipeline_model_parallel_size,
+        mbs=m.micro_batch_size,
+        gbs=m.global_batch_size,
+        seq_len=min(spec.data.seq_len, m.data.train_ds.max_seq_length),
+        sequence_parallel=m.sequence_parallel,
+        precision=str(t.precision),
+        megatron_amp_O2=m.megatron_amp_O2,
+        quantization="4bit" if scheme == "qlora" else None,
+        peft_scheme="lora" if scheme == "qlora" else scheme,
+        lora_r=m.peft.lora_tuning.adapter_dim,
+        lora_targets=_lora_targets(spec) or None,
+        ptuning_virtual_tokens=m.peft.p_tuning.virtual_tokens,
+        ptuning_bottleneck_dim=m.peft.p_tuning.bottleneck_dim,
+        ptuning_embedding_dim=m.peft.p_tuning.embedding_dim,
+        optimizer="adamw_torch" if hf else m.optim.name,
+        recompute=m.activations_checkpoint_granularity,
+        flash_attention=flash,
+    )
+    return req.with_(**changes) if changes else req
+
+
+def _lora_targets(spec: DictConfig) -> tuple:
+    names = list(spec.model.peft.lora_tuning.target_modules)
+    if spec.backend.name == "hf":
+        from hpc_ft.backends.hf import lora_targets
+
+        return tuple(lora_targets(names))  # the module names the hf backend really targets
+    return tuple(names)
+
+
+def plan_spec(spec: DictConfig, **kwargs):
+    """The planner's full result for a job (None when no architecture is known)."""
+    from hpc_ft.plan import plan
+
+    req = plan_request(spec)
+    return None if req is None else plan(req, **kwargs)
+
+
+def preflight(spec: DictConfig, force: bool = False) -> List[str]:
+    """Refuse (UserError) a job that cannot run; return warnings to show otherwise."""
+    from hpc_ft.plan import to_text
+
+    result = plan_spec(spec, alternatives=True, suggest=True)
+    if result is None:
+        return [f"planner: no config.json for model '{spec.model.name}' (set model.hf_config=<config.json>); "
+                "memory fit not checked"]
+    warnings = [str(w) for w in result.warnings]
+    if result.ok:
+        return warnings
+    lines = [f"the planner refuses this job: {result.reason}"]
+    best = result.best
+    if best is not None:
+        lines.append("best feasible alternative: " + " ".join(best.overrides()))
+    lines.append("(`hpc-ft plan` with the same overrides explains more; --force submits anyway)")
+    if force:
+        return warnings + ["--force: " + lines[0]]
+    detail = to_text(result, max_alternatives=3)
+    raise UserError("\n".join(lines) + "\n" + detail)
