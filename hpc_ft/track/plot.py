@@ -1,0 +1,88 @@
+"""`hpc-ft plot`: a run's train and val loss against step (best checkpoint and early stop marked),
+or a sweep's throughput per point. matplotlib is imported only here (the `plot` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from hpc_ft.errors import UserError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: `pip install 'hpc-ft[plot]'`.") from None
+    return plt
+
+
+def run_curves(row: Dict) -> Tuple[List[Tuple[int, float]], List[Tuple[int, float]], Dict]:
+    """(train points, val points, status) of a run, from its events or NeMo log."""
+    from hpc_ft.track.events import Progress, ValLoss
+    from hpc_ft.track.status import run_status
+
+    run_dir = Path(row["run_dir"])
+    if row.get("backend") == "nemo":
+        from hpc_ft.track.nemo_log import parse_nemo_log
+
+        events = []
+        for name in ("job.out", "job.err"):
+            p = run_dir / "logs" / name
+            if p.exists():
+                events += parse_nemo_log(p)
+    else:
+        from hpc_ft.track.hf_events import read_hf_events
+
+        events = read_hf_events(run_dir / "events.jsonl", run_dir)
+    train: Dict[int, float] = {}
+    val: Dict[int, float] = {}
+    for e in events:
+        if isinstance(e, Progress) and e.step is not None and e.train_loss is not None:
+            train[e.step] = e.train_loss
+        if isinstance(e, ValLoss) and e.step is not None and e.val_loss is not None:
+            val[e.step] = e.val_loss
+    return sorted(train.items()), sorted(val.items()), run_status(row)
+
+
+def plot_run(row: Dict, output: str) -> Path:
+    train, val, st = run_curves(row)
+    if not train and not val:
+        raise UserError(f"run {row['run_id']}: no losses logged yet. Try again once training has started.")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss", color="tab:orange")
+        best = min(val, key=lambda p: p[1])
+        ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
+                   label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
+    if st.get("early_stopped") and st.get("step"):
+        ax.axvline(st["step"], color="red", linestyle="--", label=f"early stop (step {st['step']})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{row.get('name')} / {row['run_id']} ({st['state']})")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = Path(output)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_target(ref: str, output: str) -> Path:
+    """A run (id, dir, job id) or, when ref names a sweep, the sweep's throughput chart."""
+    from hpc_ft.commands.common import registry, resolve_run
+
+    reg = registry()
+    sweep = reg.get_sweep(ref) if ref else None
+    if sweep is not None:
+        from hpc_ft.sweep.plot import plot_sweep
+
+        return plot_sweep(sweep, output, reg)
+    return plot_run(resolve_run(ref), output)
