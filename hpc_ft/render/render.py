@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from hpc_ft.render.shell import Token, sbatch_value, shell_join, shell_quote
+from hpc_ft.errors import UserError
+from hpc_ft.render.shell import Token, sbatch_value, shell_comment, shell_join, shell_quote, slurm_filename
 
 
 @dataclass
@@ -58,8 +60,24 @@ def template_env():
         env.filters["q"] = shell_quote
         env.filters["shjoin"] = shell_join
         env.filters["sbv"] = sbatch_value
+        env.filters["comment"] = shell_comment
         _ENV = env
     return _ENV
+
+
+def _template_error(template: str, exc: Exception) -> UserError:
+    """A broken (site) template: name the file and line, not a Jinja traceback."""
+    where = getattr(exc, "filename", None)
+    line = getattr(exc, "lineno", None)
+    if not where:  # render-time errors (e.g. an undefined name): the template frame of the traceback
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+        if frames:
+            where, line = frames[-1].filename, frames[-1].lineno
+    at = f"{where or template}" + (f":{line}" if line else "")
+    return UserError(
+        f"template {at}: {getattr(exc, 'message', None) or exc}. Fix it, or remove the site copy from "
+        "$HPC_FT_TEMPLATE_DIR to use the shipped one."
+    )
 
 
 def _gpu_option(spec: DictConfig, gpus_per_node: int) -> Optional[str]:
@@ -100,7 +118,7 @@ def sbatch_options(
         if c[key]:
             opts.append(f"--{key}={sbatch_value(c[key])}")
     opts.append(f"--time={sbatch_value(time or c.time)}")
-    opts.append(f"--output={sbatch_value(output)}")
+    opts.append(f"--output={sbatch_value(slurm_filename(output))}")
     opts.append("--open-mode=append")
     if c.signal_before_timeout_s:
         opts.append(f"--signal=B:USR1@{int(c.signal_before_timeout_s)}")
@@ -130,24 +148,29 @@ def render_job_script(
     array_root: Optional[str] = None,
     template: str = "sbatch.j2",
 ) -> JobScript:
+    import jinja2
+
     from hpc_ft import __version__
 
     c = spec.cluster
-    text = template_env().get_template(template).render(
-        version=__version__,
-        run_id=run_id,
-        run_dir=run_dir,
-        description=description,
-        sbatch=list(sbatch),
-        array=array_root is not None,
-        array_root=array_root or "",
-        local_log=c.executor == "local",
-        modules=list(c.modules),
-        setup=list(c.setup),
-        env=sorted(env.items()),
-        secrets=list(spec.secrets),
-        runtime_env_prefix=runtime_env_prefix,
-        max_requeues=c.max_requeues,
-        steps=list(steps),
-    )
+    try:
+        text = template_env().get_template(template).render(
+            version=__version__,
+            run_id=run_id,
+            run_dir=run_dir,
+            description=description,
+            sbatch=list(sbatch),
+            array=array_root is not None,
+            array_root=array_root or "",
+            local_log=c.executor == "local",
+            modules=list(c.modules),
+            setup=list(c.setup),
+            env=sorted(env.items()),
+            secrets=list(spec.secrets),
+            runtime_env_prefix=runtime_env_prefix,
+            max_requeues=c.max_requeues,
+            steps=list(steps),
+        )
+    except jinja2.TemplateError as exc:
+        raise _template_error(template, exc) from None
     return JobScript(text=text, sbatch=list(sbatch), steps=list(steps))

@@ -207,6 +207,27 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     if dry_run:
         return launch
 
+    try:
+        _submit(spec, launch, scripts, record, run_dir)
+    except UserError:
+        import shutil
+        import subprocess
+
+        if launch.job_ids and spec.cluster.executor == "slurm":  # train queued, eval refused: take it back
+            subprocess.run(["scancel", *launch.job_ids.values()], capture_output=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing stays queued: leave nothing behind
+        raise
+    if registry is not None:
+        registry.add_run(run_id=run_id, name=spec.exp_manager.name, config_hash=record["config_hash"],
+                         run_dir=str(run_dir), backend=spec.backend.name, cluster=spec.cluster.name,
+                         executor=spec.cluster.executor, job_ids=record["job_ids"])
+    return launch
+
+
+def _submit(spec: DictConfig, launch: Launch, scripts: Dict[str, JobScript], record: Dict[str, Any],
+            run_dir: Path) -> None:
+    from hpc_ft.submit import executors
+
     folder = run_dir / "logs" / "submitit"
     if spec.cluster.executor == "slurm":
         executors.test_only(run_dir / "job.sbatch")
@@ -224,11 +245,6 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     record["jobs"] = launch.job_ids
     record["job_ids"] = list(launch.job_ids.values())
     rd.write_run_json(run_dir, record)
-    if registry is not None:
-        registry.add_run(run_id=run_id, name=spec.exp_manager.name, config_hash=record["config_hash"],
-                         run_dir=str(run_dir), backend=spec.backend.name, cluster=spec.cluster.name,
-                         executor=spec.cluster.executor, job_ids=record["job_ids"])
-    return launch
 
 
 def _image_digest(spec: DictConfig, dry_run: bool) -> Optional[str]:

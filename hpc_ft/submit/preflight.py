@@ -103,8 +103,6 @@ def plan_spec(spec: DictConfig, **kwargs):
 
 def preflight(spec: DictConfig, force: bool = False) -> List[str]:
     """Refuse (UserError) a job that cannot run; return warnings to show otherwise."""
-    from hpc_ft.plan import to_text
-
     result = plan_spec(spec, alternatives=True, suggest=True)
     if result is None:
         return [f"planner: no config.json for model '{spec.model.name}' (set model.hf_config=<config.json>); "
@@ -113,11 +111,13 @@ def preflight(spec: DictConfig, force: bool = False) -> List[str]:
     if result.ok:
         return warnings
     lines = [f"the planner refuses this job: {result.reason}"]
+    if result.estimate is not None and not result.fits:
+        parts = " + ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in result.breakdown.items() if v >= 0.005)
+        lines.append(f"per GPU (GiB): {parts} = {result.per_gpu_gib:.2f} of {result.capacity_gib:.2f}")
     best = result.best
     if best is not None:
-        lines.append("best feasible alternative: " + " ".join(best.overrides()))
-    lines.append("(`hpc-ft plan` with the same overrides explains more; --force submits anyway)")
+        lines.append("best feasible alternative: " + best.overrides())
+    lines.append("`hpc-ft plan` with the same overrides shows the full breakdown; --force submits anyway")
     if force:
         return warnings + ["--force: " + lines[0]]
-    detail = to_text(result, max_alternatives=3)
-    raise UserError("\n".join(lines) + "\n" + detail)
+    raise UserError("\n".join(lines))

@@ -99,6 +99,12 @@ class RunState:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _max_known(*values: int | None) -> int | None:
+    """The furthest step any event reports (the end record is newer than the last logged step)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
 def _last(events: list[Event], kind: type, attr: str | None = None) -> Any:
     """The last event of ``kind`` (or its last non-None ``attr``)."""
     for event in reversed(events):
@@ -247,7 +253,8 @@ def state_from_events(
         run_id=run_id,
         job_id=job_id,
         state=normalize_slurm_state(slurm_state),
-        step=_last(events, Progress, "step"),
+        step=_max_known(_last(events, Progress, "step"), _last(events, TrainEnd, "step"),
+                        _last(events, EarlyStop, "step")),
         max_steps=_last(events, MaxStepsReached, "max_steps") or _last(events, Progress, "max_steps") or max_steps,
         train_loss=_last(events, Progress, "train_loss"),
         val_loss=_last(events, ValLoss, "val_loss"),

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "Start", "End", "Reason", "Restarts", "JobName")
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "Start", "End", "Reason", "JobName")
 
 
 def _run(argv: List[str], timeout: float = 20) -> Optional[str]:
@@ -36,7 +36,10 @@ def sacct(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
             continue
         row = dict(zip(SACCT_FIELDS, parts))
         row["State"] = row["State"].split()[0] if row["State"] else ""  # "CANCELLED by 0" -> CANCELLED
-        rows[row["JobID"]] = row  # -D lists every requeue; the last line is the latest
+        seen = rows.get(row["JobID"])
+        # -D lists every allocation of a requeued job, oldest first: the last is the latest
+        row["Restarts"] = str(int(seen["Restarts"]) + 1) if seen else "0"
+        rows[row["JobID"]] = row
     return rows
 
 

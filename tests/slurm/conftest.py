@@ -1,0 +1,61 @@
+"""Fixtures for tests against the real local Slurm (scripts/local-slurm.sh): skip cleanly when it is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def slurm_up() -> bool:
+    try:
+        return subprocess.run([str(REPO / "scripts" / "local-slurm.sh"), "status"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    if not slurm_up():
+        pytest.skip("the local Slurm is not running (scripts/local-slurm.sh start)")
+    return True
+
+
+def hpcft(*args, env=None, cwd=None, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "hpc_ft.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpc-ft {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_work(tmp_path_factory, slurm):
+    """A work_dir with prepared synthetic data and the tiny model built once for the whole session."""
+    work = tmp_path_factory.mktemp("slurm-work")
+    env = dict(os.environ, HPC_FT_REGISTRY=str(work / "registry.sqlite"))
+    hpcft("data", "prepare", f"work_dir={work}", "data.synthetic.n_train=240", "data.synthetic.n_valid=32",
+          "data.synthetic.n_test=32", env=env)
+    data = work / "data" / "jcommonsenseqa-v1.1"
+    subprocess.run([sys.executable, "-m", "hpc_ft.backends.hf_runtime.tiny_model", "--data-dir", str(data),
+                    "--output", str(work / "models" / "tiny_llama"), "--if-missing"], check=True,
+                   capture_output=True, env=env)
+    return work
+
+
+SMALL = ["trainer.max_steps=12", "trainer.val_check_interval=6", "model.micro_batch_size=4",
+         "model.global_batch_size=4"]
+
+
+def submit(work, *overrides, env, expect_rc=0):
+    proc = hpcft("train", "cluster=slurm_local", f"work_dir={work}", *SMALL, *overrides, "--json", env=env,
+                 check=expect_rc == 0)
+    assert proc.returncode == expect_rc, proc.stderr
+    return json.loads(proc.stdout) if expect_rc == 0 else proc
