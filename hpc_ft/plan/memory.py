@@ -21,7 +21,8 @@ Two backends:
   core output and MLP internals split by TP; unfused attention (V100, or flash disabled) stores
   the ``s x s`` softmax (``2as²b``; ``5as²b`` with dropout); sequence parallel divides the
   replicated part by TP too; selective recompute drops the ``s²`` terms; full recompute keeps each
-  layer's input and one layer's working set. The first stage holds ``min(PP, micro-batches)``
+  layer's input, plus one layer's working set where it exceeds the loss buffers (both peaks
+  happen at different times). The first stage holds ``min(PP, micro-batches)``
   micro-batches in flight (1F1B). P-tuning adds its virtual tokens to the sequence.
 * **logits**: vocab-parallel cross entropy on the last stage: the 16-bit logits, an fp32 copy
   and the fp32 softmax, ``10 B x s x b x V/TP`` at peak.
@@ -33,7 +34,8 @@ linear layers under QLoRA, with quantisation constants), autocast weight copies 
 weights train in 16-bit, LoRA params + fp32 grads + AdamW states, activations of the HF
 modules (RMSNorm/LayerNorm keep an fp32 copy of their input; SDPA keeps Q, K, V and its output;
 eager attention keeps the fp32 softmax; the MLP keeps its inner activations; inputs of LoRA
-targets), or, with gradient checkpointing, each layer's input plus one layer's working set;
+targets, or of every linear layer under full fine-tuning and 4-bit), or, with gradient checkpointing, each layer's input plus whatever one recomputed
+layer needs beyond the (by then freed) loss buffers;
 logits (16/32-bit logits, fp32 log-softmax and its gradient at the start of backward); the CUDA
 context, or on ``cpu`` the resident size of the Python + torch + transformers runtime and the
 heap glibc keeps after freeing activation buffers. On ``cpu`` the figures estimate the peak
@@ -48,7 +50,6 @@ import math
 from dataclasses import dataclass
 
 from hpc_ft.plan import adapters
-from hpc_ft.plan.arch import ModelArch
 from hpc_ft.plan.gpus import Gpu
 from hpc_ft.plan.request import PlanRequest, precision_bits, precision_dtype
 
@@ -92,10 +93,11 @@ HF_CPU_RUNTIME_GIB = 0.40
 HF_CPU_STEP_GIB = 0.03
 #: HF on the CPU: heap that glibc keeps per byte of live activations + logits. glibc raises its
 #: mmap threshold (up to 32 MiB) each time a large buffer is freed, so later activation buffers
-#: come from the heap and are not returned; the RSS grows for ~3 steps and plateaus about 0.6x the
-#: live activation memory above it. *calibrated* (0.56-0.91 measured). With a fixed threshold
-#: (``MALLOC_MMAP_THRESHOLD_`` exported, ``PlanRequest.cpu_fixed_mmap_threshold``) it is 0.
-HF_CPU_HEAP_SLACK = 0.6
+#: come from the heap and are not returned; the RSS grows for ~3 steps and plateaus 0.56-0.91x
+#: the live activation memory above it, varying run to run. *calibrated*: 0.7 (leans to
+#: over-estimating). With a fixed threshold (``MALLOC_MMAP_THRESHOLD_`` exported,
+#: ``PlanRequest.cpu_fixed_mmap_threshold``) it is 0 and the estimate follows live memory.
+HF_CPU_HEAP_SLACK = 0.7
 #: Bytes per logit element at the loss peak: NeMo/Megatron vocab-parallel CE (16-bit logits,
 #: fp32 copy, fp32 softmax) and HF (fp32 log-softmax, its input gradient and the output gradient).
 NEMO_LOGIT_BYTES_16 = 10
@@ -287,12 +289,14 @@ def estimate_nemo(req: PlanRequest, gpu: Gpu) -> Estimate:
         if last and tc.base_output and (not a.tied_embeddings or p > 1):
             base_trainable += vocab_w
         activations = stored_layer * layers_stage * in_flight
-        if req.recompute == "full":
-            activations += working_layer  # one layer recomputed at a time during backward
         logits = 0.0
         if last:
             logit_b = NEMO_LOGIT_BYTES_16 if bits == 16 else 8
             logits = logit_b * s * req.mbs * vpad / t
+        if req.recompute == "full":
+            # one layer is recomputed at a time, after the loss buffers are freed: the two peaks
+            # do not add up
+            activations += max(0.0, working_layer - logits)
         framework = (gpu.cuda_context_gib + NEMO_EXTRA_GIB + (NCCL_GIB if req.world_size > 1 else 0.0)) * GIB
         return {
             "weights": weights * w_bytes,
@@ -313,30 +317,38 @@ def estimate_nemo(req: PlanRequest, gpu: Gpu) -> Estimate:
         notes.append(f"pipeline: worst stage is the {name} ({in_flight_first} micro-batches in flight on the first)")
     if req.peft == "ptuning":
         notes.append(f"p-tuning: sequence length {req.seq_len} + {req.ptuning_virtual_tokens} virtual tokens")
-    labels = {"weights": f"base weights ({'fp32' if w_bytes == 4 else '16-bit'}, model.megatron_amp_O2={o2})"}
+    why = "trainer.precision=32" if bits == 32 else f"model.megatron_amp_O2={bool(req.megatron_amp_O2)}"
+    labels = {"weights": f"base weights ({'fp32' if w_bytes == 4 else '16-bit'}, {why})"}
     return _verdict(parts, gpu.memory_gib, req.headroom, name, notes, gpu.name, labels)
 
 
 # ---- HF (transformers + peft) -------------------------------------------------------------------
-def hf_weight_dtype(req: PlanRequest) -> str:
-    """The dtype the hf backend loads the base weights in (see ``PlanRequest.hf_weights_dtype``)."""
+def hf_weight_dtype(req: PlanRequest, gpu: Gpu) -> str:
+    """The dtype the hf backend loads the base weights in (see ``PlanRequest.hf_weights_dtype``).
+
+    The default mirrors ``hpc_ft.backends.hf_runtime.train.load_model``: bf16 weights for
+    ``precision=bf16`` on a GPU, fp32 otherwise (fp16 and CPU bf16 train fp32 weights under
+    autocast). 4-bit loading is handled by the caller.
+    """
     if req.hf_weights_dtype:
         return req.hf_weights_dtype
-    if precision_bits(req.precision) == 32 or req.peft == "none":
-        return "fp32"
-    return precision_dtype(req.precision)
+    if precision_dtype(req.precision) == "bf16" and not gpu.is_cpu:
+        return "bf16"
+    return "fp32"
 
 
 _DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def _hf_layer_activation_bytes(req: PlanRequest, s: int, res_b: int, e: int) -> float:
+def _hf_layer_activation_bytes(req: PlanRequest, s: int, e: int) -> float:
     """Bytes one HF decoder layer keeps for backward, one micro-batch (see the module docstring)."""
     a = req.arch
     b = req.mbs
     sb = s * b
     h, qd, kvd, f = a.hidden, a.q_dim, a.kv_dim, a.ffn_hidden
-    full = req.peft == "none"
+    # full fine-tuning keeps every linear layer's input for its weight gradient; bitsandbytes'
+    # 4-bit matmul keeps its input too (MatMul4Bit saves A whenever a gradient flows through)
+    full = req.peft == "none" or req.quantization == "4bit"
     roles = adapters.lora_roles(a, _lora_targets(req)) if req.peft in ("lora", "sdlora") else frozenset()
     n = 2 * 4 * sb * h  # two norms keep an fp32 copy of their input
     if full or "qkv_in" in roles:
@@ -366,7 +378,7 @@ def estimate_hf(req: PlanRequest, gpu: Gpu) -> Estimate:
     notes: list[str] = []
     bits = precision_bits(req.precision)
     e = 2 if bits == 16 else 4  # bytes of an activation element (autocast dtype)
-    wdtype = hf_weight_dtype(req)
+    wdtype = hf_weight_dtype(req, gpu)
     w_b = _DTYPE_BYTES[wdtype]
     linear = a.num_layers * a.layer_linear_params
     other = a.num_params - linear
@@ -399,15 +411,17 @@ def estimate_hf(req: PlanRequest, gpu: Gpu) -> Estimate:
         grad_b *= 2  # DDP keeps gradient buckets beside the .grad tensors
         notes.append("DDP: gradient buckets double the gradient memory of full fine-tuning")
     s = _effective_seq(req)
-    per_layer = _hf_layer_activation_bytes(req, s, res_b, e)
+    per_layer = _hf_layer_activation_bytes(req, s, e)
     sbh = s * req.mbs * a.hidden
+    logits = HF_LOGIT_BYTES * s * req.mbs * a.vocab
     if req.gradient_checkpointing:
-        activations = a.num_layers * res_b * sbh + per_layer
+        # each layer's input is kept; one layer is recomputed at a time, after the loss buffers
+        # are freed, so its working set counts only where it exceeds them
+        activations = a.num_layers * res_b * sbh + max(0.0, per_layer - logits)
         notes.append("gradient checkpointing: each layer's input kept, one layer recomputed at a time")
     else:
         activations = a.num_layers * per_layer
     activations += 4 * sbh  # final norm's fp32 input
-    logits = HF_LOGIT_BYTES * s * req.mbs * a.vocab
     if gpu.is_cpu:
         framework = (HF_CPU_RUNTIME_GIB + HF_CPU_STEP_GIB) * GIB
         if not req.cpu_fixed_mmap_threshold:

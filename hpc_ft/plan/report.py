@@ -114,9 +114,10 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
     )
     lines.append("")
     unit = "host RSS per process" if gpu.is_cpu else "per GPU"
+    title = "Peak host RSS per process" if gpu.is_cpu else "Memory per GPU"
     if est is not None:
         stage = "" if est.stage == "all" else f", {est.stage} pipeline stage"
-        lines.append(f"Memory {unit} (GiB{stage})")
+        lines.append(f"{title} (GiB{stage})")
         width = max(len(label) for label in COMPONENT_LABELS.values())
         for name in COMPONENTS:
             lines.append(f"  {COMPONENT_LABELS[name]:<{width}}  {est.breakdown[name]:8.2f}")
@@ -146,7 +147,7 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
         lines.extend(f"  - {n}" for n in est.notes)
     if result.alternatives:
         lines.append("")
-        lines.append("Alternatives on the same GPUs (best first):")
+        lines.append(f"Alternatives on the same {'host' if gpu.is_cpu else 'GPUs'} (best first):")
         lines.append(f"  {'TP':>3} {'PP':>3} {'DP':>3} {'MBS':>4} {'GiB':>7}  verdict")
         for alt in result.alternatives[:max_alternatives]:
             verdict = "ok" if alt.ok else alt.reason
@@ -157,7 +158,7 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
         best = result.best
         lines.append("")
         if best is None:
-            lines.append("No layout of this job fits on these GPUs.")
+            lines.append(f"No layout of this job fits on {'this host' if gpu.is_cpu else 'these GPUs'}.")
         elif (best.tp, best.pp, best.mbs) == (req.tp, req.pp, req.mbs):
             lines.append(f"Best layout is the requested one: {best.overrides()}")
         else:

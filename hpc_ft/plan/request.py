@@ -72,7 +72,8 @@ class PlanRequest:
         fp32 and autocast keeps 16-bit copies for backward; on, weights are 16-bit (bf16 only: O2 +
         fp16 is refused by NeMo).
       * ``hf_weights_dtype``: hf backend only: dtype the base model is loaded in ('fp32', 'bf16',
-        'fp16'); None = the precision's 16-bit dtype for PEFT, fp32 for full fine-tuning or precision 32.
+        'fp16'); None = what the hf runtime does: bf16 for ``precision=bf16`` on a GPU, else fp32
+        (trained under 16-bit autocast, which keeps 16-bit weight copies for backward).
       * ``quantization``: hf backend only: None or '4bit' (QLoRA, NF4 weights of the linear layers).
       * ``double_quant``: 4-bit only: quantise the quantisation constants too (QLoRA default).
 

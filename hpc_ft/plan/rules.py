@@ -159,14 +159,22 @@ def check_world_size(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation
     ws, tp, pp = req.world_size, req.tp, req.pp
     if tp < 1 or pp < 1 or ws % (tp * pp) == 0:
         return []
-    tps = [d for d in _divisors(ws) if d <= req.gpus_per_node and (ws // d) % pp == 0]
+    a = req.arch
+    tps = [
+        d for d in _divisors(ws)
+        if d <= req.gpus_per_node and (ws // d) % pp == 0 and a.heads % d == 0 and a.kv_heads % d == 0
+    ]
+    fix = f"set trainer.devices x trainer.num_nodes to a multiple of {tp * pp}"
+    if tps:
+        fix = (
+            f"with trainer.devices={req.devices} trainer.num_nodes={req.num_nodes} use "
+            f"model.tensor_model_parallel_size in {{{','.join(map(str, tps))}}}, or {fix}"
+        )
     return [_err(
         "tp", tp,
         f"world_size: {ws} must be divisible by tensor_model_parallel_size: {tp} times "
         f"pipeline_model_parallel_size {pp}",
-        f"with trainer.devices={req.devices} trainer.num_nodes={req.num_nodes} use "
-        f"model.tensor_model_parallel_size in {{{','.join(map(str, tps))}}}, or set "
-        f"trainer.devices={tp * pp}",
+        fix,
     )]
 
 
@@ -387,7 +395,24 @@ def check_sequence(req: PlanRequest, gpu: Gpu) -> list[Violation]:
     return out
 
 
+#: model families NeMo 1.x can convert from HF (``scripts/checkpoint_converters/convert_*_hf_to_nemo.py``)
+NEMO_CONVERTIBLE_FAMILIES = ("llama", "mistral")
+
+
+def check_family(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
+    """The nemo backend needs a .nemo checkpoint; NeMo 1.x converts only some HF families."""
+    if req.backend == "nemo" and req.arch.family not in NEMO_CONVERTIBLE_FAMILIES:
+        return [_warn(
+            "backend", "nemo",
+            f"NeMo 1.x ships no HF-to-NeMo converter for model_type {req.arch.family}; the job needs "
+            "an existing .nemo checkpoint",
+            "backend=hf (transformers + peft), or provide a converted .nemo",
+        )]
+    return []
+
+
 ALL_RULES = (
+    check_family,
     check_devices,
     check_world_size,
     check_batch,

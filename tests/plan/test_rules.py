@@ -28,7 +28,7 @@ def test_world_size_must_divide_by_tp_times_pp(reference):
     v = _by_key(reference.with_(devices=3, tp=2, gbs=12, mbs=4))[0][("model.tensor_model_parallel_size", "error")]
     assert v.value == 2
     assert "world_size: 3 must be divisible by tensor_model_parallel_size: 2 times pipeline_model_parallel_size 1" in v.rule
-    assert "model.tensor_model_parallel_size in {1,3}" in v.fix
+    assert "model.tensor_model_parallel_size in {1}" in v.fix  # 3 does not divide 32 heads
 
 
 def test_global_batch_must_divide_by_micro_batch_times_dp(reference):
@@ -151,3 +151,9 @@ def test_plan_reports_violations_but_still_estimates(reference):
     result = plan(reference.with_(precision="16", megatron_amp_O2=True), alternatives=False)
     assert not result.ok and result.estimate is not None
     assert result.reason.startswith("model.megatron_amp_O2=True: fp16 training is not yet supported with O2")
+
+
+def test_nemo_warns_for_families_it_cannot_convert(reference, neox, mistral):
+    v = _by_key(reference.with_(arch=neox, tp=2))[0][("backend", "warning")]
+    assert "no HF-to-NeMo converter for model_type gpt_neox" in v.rule and "backend=hf" in v.fix
+    assert ("backend", "warning") not in _by_key(reference.with_(arch=mistral))[0]
