@@ -145,7 +145,6 @@ def render_job_script(
     env: Dict[str, str],
     description: str,
     runtime_env_prefix: str = "",
-    array_root: Optional[str] = None,
     template: str = "sbatch.j2",
 ) -> JobScript:
     import jinja2
@@ -160,8 +159,6 @@ def render_job_script(
             run_dir=run_dir,
             description=description,
             sbatch=list(sbatch),
-            array=array_root is not None,
-            array_root=array_root or "",
             local_log=c.executor == "local",
             modules=list(c.modules),
             setup=list(c.setup),

@@ -120,7 +120,12 @@ def job_name(spec: DictConfig, run_id: str, kind: str) -> str:
     return f"hpcft.{spec.exp_manager.name}.{kind}.{run_id}"
 
 
-def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool) -> Dict[str, JobScript]:
+def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool,
+                   one_job: bool = False) -> Dict[str, JobScript]:
+    """The run's job scripts: "train" (and, on Slurm, "eval" with afterok on it).
+
+    `one_job`: train then eval in the one "train" script, as the local executor runs them (a sweep's
+    array task is one job)."""
     backend = backend_module(spec.backend.name)
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
@@ -129,7 +134,7 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     eval_steps: List[Step] = backend.eval_steps(spec, str(run_dir)) if with_eval else []
     gpus = t.devices if c.gpu.request != "none" else 0
     common = dict(run_dir=str(run_dir), run_id=run_id, env=env, runtime_env_prefix=runtime_env_prefix(spec))
-    if c.executor == "local":
+    if c.executor == "local" or one_job:
         # One local job runs train then eval: the local executor has no dependencies.
         sb = sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
                             gpus_per_node=gpus, comment=f"hpc-ft:{run_id}")

@@ -1,0 +1,534 @@
+"""Launch a sweep: every point composed and validated, pruned by the planner, the rest submitted as ONE job array.
+
+Layout on disk (one folder a person can read without the tool)::
+
+    <exp_dir>/<name>/sweep-<sweep_id>/
+      sweep.json         the sweep: id, command line, array job id, executor, counts
+      points.json        every point: index, task, overrides, fits, ok, reason, tp, pp, mbs, gbs, lr, ...
+      array.sbatch       the dispatcher (templates/array.sbatch.j2): --array=0-K%P, one task per kept point
+      <task>/            one ordinary run directory per kept point (config.yaml, job.sbatch, run.json, logs/)
+
+Each point's job.sbatch is rendered by the same path as a single run (`render_scripts`), so one template
+governs what runs; the dispatcher only picks the task's script, forwards signals, and after a GPU
+out-of-memory failure cancels the not-yet-started points of the same memory layout with a larger MBS.
+On `cluster=local` the dispatcher runs the kept points one after another in one local job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hpc_ft.errors import UserError
+from hpc_ft.sweep.compose import Point, SpecView, compose_points, with_values
+
+POINTS_JSON = "points.json"
+SWEEP_JSON = "sweep.json"
+ARRAY_SCRIPT = "array.sbatch"
+ARRAY_TEMPLATE = "array.sbatch.j2"
+OOM_MARKER = "cancelled_oom"  # <sweep_dir>/<task>/state/cancelled_oom: the task that ran out of GPU memory
+_NOT_RESOURCES = ("--job-name=", "--output=", "--comment=")
+
+
+@dataclass
+class PlannedPoint:
+    """A point with the planner's verdict and, when kept, its array task."""
+
+    point: Point
+    fits: Optional[bool] = None       # the memory verdict (None: not planned)
+    ok: Optional[bool] = None         # fits and breaks no rule (None: not planned)
+    reason: str = ""
+    kept: bool = False
+    forced: bool = False
+    per_gpu_gib: Optional[float] = None
+    capacity_gib: Optional[float] = None
+    layout: Optional[int] = None      # memory layout: equal for points that differ only in batch sizes (and lr, ...)
+    task: Optional[int] = None
+    run_id: Optional[str] = None
+    run_dir: Optional[str] = None
+
+    def record(self) -> Dict[str, Any]:
+        p, s = self.point, self.point.spec
+        out: Dict[str, Any] = {
+            "index": p.index, "task": self.task, "overrides": list(p.overrides), "swept": dict(p.swept),
+            "kept": self.kept, "fits": self.fits, "ok": self.ok, "reason": self.reason, "forced": self.forced,
+            "per_gpu_gib": self.per_gpu_gib, "capacity_gib": self.capacity_gib, "layout": self.layout,
+            "run_id": self.run_id, "run_dir": self.run_dir,
+        }
+        if s is not None:
+            m, t = s.model, s.trainer
+            out.update(tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size, mbs=m.micro_batch_size,
+                       gbs=m.global_batch_size, lr=m.optim.lr, devices=t.devices, num_nodes=t.num_nodes,
+                       model=m.name, backend=s.backend.name, cluster=s.cluster.name, steps=s.sweep.steps)
+        else:
+            out.update(tp=None, pp=None, mbs=None, gbs=None, lr=None, devices=None, num_nodes=None, model=None,
+                       backend=None, cluster=None, steps=None)
+        return out
+
+
+@dataclass
+class SweepLaunch:
+    sweep_id: str
+    sweep_dir: Optional[Path]
+    points: List[PlannedPoint]
+    array_text: Optional[str] = None
+    array_job_id: Optional[str] = None
+    executor: str = "slurm"
+    parallelism: int = 1
+    notes: List[str] = field(default_factory=list)
+    dry_run: bool = False
+    local_job: Any = None
+
+    @property
+    def kept(self) -> List[PlannedPoint]:
+        return [p for p in self.points if p.kept]
+
+
+# ---- planning -------------------------------------------------------------------------------------
+
+
+def plan_points(points: Sequence[Point], force: bool = False) -> List[PlannedPoint]:
+    """The planner's fast path (no alternatives, no levers) on every valid point; refused points are pruned."""
+    from hpc_ft.plan import plan
+    from hpc_ft.submit.preflight import model_config_source, plan_request
+
+    sources: Dict[Tuple, Any] = {}
+    layouts: Dict[str, int] = {}
+    out: List[PlannedPoint] = []
+    for p in points:
+        pp = PlannedPoint(point=p)
+        out.append(pp)
+        if p.spec is None:
+            pp.reason = f"invalid: {p.error}"
+            continue
+        s = p.spec
+        m = s.model
+        try:
+            key = (m.hf_config, m.hf_path, m.name, m.build)
+            if key not in sources:
+                sources[key] = model_config_source(s)
+            source = sources[key]
+            req = plan_request(s, source=source) if source is not None else None
+            result = plan(req, alternatives=False, suggest=False) if req is not None else None
+        except UserError as exc:
+            pp.reason = f"invalid: {exc}"
+            continue
+        if result is None:
+            pp.kept = True
+            pp.reason = (f"planner: no config.json for model '{m.name}' (set model.hf_config=<config.json>); "
+                         "memory fit not checked")
+            layout_key = repr((m.name, m.tensor_model_parallel_size, m.pipeline_model_parallel_size,
+                               s.trainer.devices, s.trainer.num_nodes))
+        else:
+            pp.fits, pp.ok = result.fits, result.ok
+            pp.per_gpu_gib = round(result.per_gpu_gib, 2) if result.estimate else None
+            pp.capacity_gib = round(result.capacity_gib, 2) if result.estimate else None
+            pp.reason = "" if result.ok else result.reason
+            pp.kept = result.ok or force
+            pp.forced = not result.ok and force
+            layout_key = repr(req.with_(mbs=1, gbs=1))
+        pp.layout = layouts.setdefault(layout_key, len(layouts))
+    return out
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+
+def _yaml_dumper():
+    """OmegaConf's YAML dumper (quotes strings that would read back as other types), on libyaml when present."""
+    import yaml
+    from omegaconf._utils import get_omega_conf_dumper
+
+    base = get_omega_conf_dumper()
+    if not hasattr(yaml, "CDumper"):
+        return base
+
+    class Dumper(yaml.CDumper):  # type: ignore[misc,valid-type]
+        pass
+
+    for kind, representer in base.yaml_representers.items():
+        Dumper.add_representer(kind, representer)
+    Dumper.add_representer(SpecView, base.represent_dict)
+    return Dumper
+
+
+class ConfigYaml:
+    """config.yaml text as `hpc_ft.submit.rundir.config_yaml` (OmegaConf.to_yaml) writes it, for many points.
+
+    A block mapping's entries are emitted independently of their siblings, so the text of each entry two
+    levels down (`model:` -> `  optim: ...`) is dumped once in its real context and reused: points share
+    the sections they do not change (SpecView copies only the dicts along a changed key's path) and most
+    of their scalar values."""
+
+    def __init__(self) -> None:
+        self._dumper = _yaml_dumper()
+        self._cache: Dict[Tuple, Tuple[Any, str]] = {}
+
+    def _dump(self, data: Any) -> str:
+        import yaml
+
+        return yaml.dump(data, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=self._dumper)
+
+    def _entry(self, key: str, sub: Optional[str], value: Any) -> str:
+        """The text of `key: value` (sub None) or of `sub: value` inside the top-level mapping `key`."""
+        container = isinstance(value, (dict, list))
+        ident: Tuple = (key, sub, id(value)) if container else (key, sub, type(value).__name__, repr(value))
+        hit = self._cache.get(ident)
+        if hit is None or (container and hit[0] is not value):
+            plain = value.plain() if isinstance(value, SpecView) else value
+            if sub is None:
+                text = self._dump({key: plain})
+            else:
+                text = self._dump({key: {sub: plain}}).split("\n", 1)[1]  # without the "key:" line
+            hit = self._cache[ident] = (value, text)  # holding `value` keeps its id from being reused
+        return hit[1]
+
+    def __call__(self, spec: SpecView) -> str:
+        parts = []
+        for key, value in spec.items():
+            if isinstance(value, dict) and value:
+                head = self._cache.get(("head", key))
+                if head is None:
+                    head = self._cache[("head", key)] = (None, self._dump({key: {"x": 0}}).split("\n", 1)[0] + "\n")
+                parts.append(head[1])
+                parts.extend(self._entry(key, sub, v) for sub, v in value.items())
+            else:
+                parts.append(self._entry(key, None, value))
+        return "".join(parts)
+
+
+def config_yaml(spec: SpecView) -> str:
+    """One point's config.yaml text (see ConfigYaml)."""
+    return ConfigYaml()(spec)
+
+
+def _resources(sbatch: Sequence[str]) -> List[str]:
+    return [o for o in sbatch if not o.startswith(_NOT_RESOURCES)]
+
+
+def _oom_markers() -> List[str]:
+    from hpc_ft.track.nemo_log import GPU_OOM_MARKERS
+
+    return list(GPU_OOM_MARKERS)
+
+
+def render_array(first: SpecView, *, sweep_id: str, sweep_dir: Path, kept: Sequence[PlannedPoint],
+                 parallelism: int) -> str:
+    """The dispatcher script: the array's #SBATCH lines (resources of the points) and the task table."""
+    import jinja2
+
+    from hpc_ft import __version__
+    from hpc_ft.render.render import sbatch_options, template_env
+    from hpc_ft.render.shell import sbatch_value, slurm_filename
+
+    c, t = first.cluster, first.trainer
+    gpus = t.devices if c.gpu.request != "none" else 0
+    k = len(kept)
+    opts = sbatch_options(first, job_name=f"hpcft.{first.exp_manager.name}.sweep.{sweep_id}", output="-",
+                          nodes=t.num_nodes, gpus_per_node=gpus, array=f"0-{k - 1}%{parallelism}",
+                          comment=f"hpc-ft:sweep:{sweep_id}")
+    # every task writes into its own run directory: <sweep_dir>/<task>/logs/job.out (%a: the task id)
+    output = f"--output={sbatch_value(slurm_filename(str(sweep_dir)) + '/%a/logs/job.out')}"
+    opts = [output if o.startswith("--output=") else o for o in opts]
+    try:
+        return template_env().get_template(ARRAY_TEMPLATE).render(
+            version=__version__, sweep_id=sweep_id, sweep_dir=str(sweep_dir), sbatch=opts, tasks=k,
+            parallelism=parallelism, points=[p.point.index for p in kept], layouts=[p.layout for p in kept],
+            mbs=[int(p.point.spec.model.micro_batch_size) for p in kept], oom_markers=_oom_markers())
+    except jinja2.TemplateError as exc:
+        raise UserError(f"template {ARRAY_TEMPLATE}: {getattr(exc, 'message', None) or exc}. Fix it, or remove the "
+                        "site copy from $HPC_FT_TEMPLATE_DIR to use the shipped one.") from None
+
+
+class _Inputs:
+    """check_inputs / ensure_data / the image digest, once per distinct model, data and image."""
+
+    def __init__(self, dry_run: bool, notes: List[str]) -> None:
+        self.dry_run, self.notes = dry_run, notes
+        self._checked: set = set()
+        self._data: Dict[Tuple, Dict[str, Optional[str]]] = {}
+        self._digest: Dict[Tuple, Optional[str]] = {}
+
+    def check(self, spec: SpecView) -> None:
+        from hpc_ft.submit.launch import _writable, check_inputs, ensure_data
+
+        m, c = spec.model, spec.cluster
+        key = (spec.backend.name, m.restore_from_path, m.hf_path, m.build, c.container_runtime, spec.container.image)
+        if key not in self._checked:
+            before = len(self.notes)
+            check_inputs(spec, self.dry_run, self.notes)
+            self._dedupe(before)
+            self._checked.add(key)
+        d = spec.data
+        dkey = (d.dir, d.train_file, d.validation_file, d.test_file, d.source)
+        if dkey not in self._data:
+            before = len(self.notes)
+            with _writable("data.dir", d.dir):
+                self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
+            self._dedupe(before)
+
+    def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
+        d = spec.data
+        return self._data[(d.dir, d.train_file, d.validation_file, d.test_file, d.source)]
+
+    def digest(self, spec: SpecView) -> Optional[str]:
+        from hpc_ft.submit.launch import _image_digest
+
+        key = (spec.container.digest, spec.container.image, spec.cluster.container_runtime)
+        if key not in self._digest:
+            self._digest[key] = _image_digest(spec, self.dry_run)
+        return self._digest[key]
+
+    def _dedupe(self, before: int) -> None:
+        new = [n for n in self.notes[before:] if n not in self.notes[:before]]
+        del self.notes[before:]
+        self.notes.extend(new)
+
+
+def _point_spec(pp: PlannedPoint, run_dir: Path) -> SpecView:
+    spec = pp.point.spec
+    if spec.backend.name == "nemo":
+        # NeMo resumes from <exp_dir>/<name> (resume_if_exists): each point gets its own, in its run directory
+        spec = with_values(spec, [("exp_manager.exp_dir", str(run_dir / "nemo"))])
+    return spec
+
+
+def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool = False,
+                 registry=None) -> SweepLaunch:
+    """Compose, plan, render (always) and submit (unless dry_run) the sweep; register it and its points."""
+    from hpc_ft.submit import rundir as rd
+    from hpc_ft.submit.launch import _writable, render_scripts, timeout_minutes
+
+    points = plan_points(compose_points(overrides), force=force)
+    kept = [p for p in points if p.kept]
+    sweep_id = rd.new_run_id()
+    notes: List[str] = []
+    if not kept:
+        return SweepLaunch(sweep_id=sweep_id, sweep_dir=None, points=points, dry_run=dry_run, notes=notes)
+    first = kept[0].point.spec
+    executors_seen = {p.point.spec.cluster.executor for p in kept}
+    if len(executors_seen) > 1:
+        raise UserError("cluster.executor: the sweep's points run on both Slurm and the local executor "
+                        f"({', '.join(sorted(executors_seen))}); sweep one cluster at a time.")
+    executor = first.cluster.executor
+    parallelism = int(first.sweep.parallelism)
+    throughput = first.sweep.steps is not None
+    if any(p.point.spec.eval for p in kept) and throughput:
+        notes.append("eval=true: no eval step in a throughput sweep (sweep.steps is set); points only train")
+
+    inputs = _Inputs(dry_run, notes)
+    for p in kept:
+        inputs.check(p.point.spec)
+    _tiny_model_note(kept, executor, parallelism, notes)
+
+    exp_dir, name = first.exp_manager.exp_dir, first.exp_manager.name
+    sweep_dir = Path(exp_dir) / name / f"sweep-{sweep_id}"
+    rendered = []
+    resources: Optional[List[str]] = None
+    for task, pp in enumerate(kept):  # everything rendered and checked before anything is written
+        pp.task, pp.run_id, pp.run_dir = task, f"{sweep_id}_{task}", str(sweep_dir / str(task))
+        spec = _point_spec(pp, Path(pp.run_dir))
+        with_eval = bool(spec.eval) and spec.sweep.steps is None
+        script = render_scripts(spec, Path(pp.run_dir), pp.run_id, with_eval, one_job=True)["train"]
+        mine = _resources(script.sbatch)
+        if resources is None:
+            resources = mine
+        elif mine != resources:
+            diff = sorted(set(mine) ^ set(resources))
+            raise UserError(
+                f"point {pp.point.index} ({label(pp.point)}) asks Slurm for other resources than point "
+                f"{kept[0].point.index} ({label(kept[0].point)}): {', '.join(diff)}. One job array has one "
+                "resource request; sweep trainer.devices, trainer.num_nodes or cluster.* in separate "
+                "`hpc-ft train -m` commands."
+            )
+        rendered.append((pp, spec, script, with_eval))
+
+    with _writable("exp_manager.exp_dir", exp_dir):
+        sweep_dir.mkdir(parents=True, exist_ok=False)
+        (sweep_dir / "logs").mkdir()
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    version = rd.code_version()
+    who = {"user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable}
+    records: Dict[int, Dict[str, Any]] = {}
+    to_yaml = ConfigYaml()
+    for pp, spec, script, with_eval in rendered:
+        task = pp.task
+        run_dir = rd.make_run_dir(spec, str(task), parent=str(sweep_dir))
+        text = to_yaml(spec)
+        _write_new(run_dir / "config.yaml", text)
+        _write_new(run_dir / "job.sbatch", script.text, 0o755)
+        record = {
+            "run_id": pp.run_id, "name": spec.exp_manager.name, "run_dir": str(run_dir), "created": created,
+            "hpc_ft_version": version, "overrides": list(pp.point.overrides), "backend": spec.backend.name,
+            "cluster": spec.cluster.name, "executor": executor, "config_hash": _config_hash(text),
+            "jobs": {}, "job_ids": [], "eval": with_eval,
+            "container": {"runtime": spec.cluster.container_runtime, "image": spec.container.image,
+                          "digest": inputs.digest(spec)},
+            "data": {"files": inputs.checksums(spec)}, "submitted_by": who, "dry_run": dry_run, "requeues": 0,
+            "sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "point": pp.point.index, "task": task,
+        }
+        records[task] = record
+        _write_new(run_dir / rd.RUN_JSON, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+    array_text = render_array(first, sweep_id=sweep_id, sweep_dir=sweep_dir, kept=kept, parallelism=parallelism)
+    array_path = sweep_dir / ARRAY_SCRIPT
+    rd.write_text(array_path, array_text, 0o755)
+    launch = SweepLaunch(sweep_id=sweep_id, sweep_dir=sweep_dir, points=points, array_text=array_text,
+                         executor=executor, parallelism=parallelism, notes=notes, dry_run=dry_run)
+    meta = {"sweep_id": sweep_id, "name": name, "sweep_dir": str(sweep_dir), "created": created,
+            "overrides": list(overrides), "executor": executor, "cluster": first.cluster.name,
+            "backend": first.backend.name, "points": len(points), "tasks": len(kept),
+            "pruned": len(points) - len(kept), "parallelism": parallelism, "steps": first.sweep.steps,
+            "array_job_id": None, "dry_run": dry_run, "hpc_ft_version": version}
+    _write_json(sweep_dir / POINTS_JSON, [p.record() for p in points])
+    _write_json(sweep_dir / SWEEP_JSON, meta)
+    if dry_run:
+        return launch
+
+    from hpc_ft.submit import executors
+
+    folder = sweep_dir / "logs" / "submitit"
+    if executor == "slurm":
+        executors.test_only(array_path)
+        sub = executors.submit_slurm(array_text, folder, array_size=len(kept))
+        job_ids = {p.task: f"{sub.job_id}_{p.task}" for p in kept}
+        launch.array_job_id = sub.job_id
+    else:
+        minutes = timeout_minutes(first.cluster.time) * len(kept)
+        sub, job = executors.submit_local(array_path, folder, minutes, int(first.cluster.signal_before_timeout_s))
+        job_ids = {p.task: sub.job_id for p in kept}
+        launch.array_job_id, launch.local_job = sub.job_id, job
+    for p in kept:
+        rec = records[p.task]
+        rec["jobs"], rec["job_ids"] = {"train": job_ids[p.task]}, [job_ids[p.task]]
+        rd.write_run_json(Path(p.run_dir), rec)
+    meta["array_job_id"] = launch.array_job_id
+    _write_json(sweep_dir / SWEEP_JSON, meta)
+    if registry is not None:
+        registry.add_sweep(sweep_id=sweep_id, name=name, sweep_dir=str(sweep_dir), job_id=launch.array_job_id,
+                           points=len(points))
+        registry.add_runs([{
+            "run_id": p.run_id, "name": records[p.task]["name"], "config_hash": records[p.task]["config_hash"],
+            "run_dir": p.run_dir, "backend": records[p.task]["backend"], "cluster": records[p.task]["cluster"],
+            "executor": executor, "job_ids": [job_ids[p.task]], "sweep_id": sweep_id, "point": p.point.index,
+        } for p in kept])
+    return launch
+
+
+def _write_new(path: Path, text: str, mode: int = 0o644) -> None:
+    """A file of a run directory made just now (nothing reads it yet): written in place, mode set exactly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def _config_hash(yaml_text: str) -> str:
+    """As `hpc_ft.submit.rundir.config_hash`: the first 16 hex digits of the config.yaml text's sha256."""
+    import hashlib
+
+    return hashlib.sha256(yaml_text.encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from hpc_ft.submit.rundir import write_text
+
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _tiny_model_note(kept: Sequence[PlannedPoint], executor: str, parallelism: int, notes: List[str]) -> None:
+    for p in kept:
+        m = p.point.spec.model
+        if m.build == "tiny" and not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+            if executor == "slurm" and parallelism > 1 and len(kept) > 1:
+                notes.append(
+                    f"model.hf_path={m.hf_path}: the tiny model is not built yet, so the first {parallelism} tasks "
+                    "would each build it. Build it once first: `python -m hpc_ft.backends.hf_runtime.tiny_model "
+                    f"--data-dir {p.point.spec.data.dir} --output {m.hf_path} --if-missing` (or sweep.parallelism=1)."
+                )
+            return
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+def label(point: Point) -> str:
+    """The swept values of a point, as overrides: `model.micro_batch_size=4 model.optim.lr=0.001`."""
+    return " ".join(f"{k}={v}" for k, v in point.swept.items())
+
+
+def _fmt_lr(v: Any) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def format_points(points: Sequence[PlannedPoint]) -> str:
+    """A table of the points: kept ones with their task and memory estimate, pruned ones with the reason."""
+    lines = [f"{'POINT':>5} {'TASK':>4} {'TP':>3} {'PP':>3} {'MBS':>4} {'GBS':>5} {'LR':>8}  VERDICT"]
+    for p in points:
+        r = p.record()
+        cells = [str(r[k]) if r[k] is not None else "-" for k in ("tp", "pp", "mbs", "gbs")]
+        if p.kept:
+            mem = f" ({p.per_gpu_gib:.1f}/{p.capacity_gib:.1f} GiB)" if p.per_gpu_gib is not None else ""
+            verdict = ("kept (--force): " + p.reason) if p.forced else ("kept" + mem + (f"; {p.reason}" if p.reason else ""))
+        else:
+            verdict = "PRUNED: " + p.reason
+        task = "-" if p.task is None else str(p.task)
+        lines.append(f"{p.point.index:>5} {task:>4} {cells[0]:>3} {cells[1]:>3} {cells[2]:>4} {cells[3]:>5} "
+                     f"{_fmt_lr(r['lr']):>8}  {verdict}")
+    return "\n".join(lines)
+
+
+def cmd_sweep_train(args) -> int:
+    """`hpc-ft train -m ...`: returns as soon as the array is queued, printing the sweep id."""
+    from hpc_ft.commands.common import registry
+
+    launch = launch_sweep(args.overrides, dry_run=args.dry_run, force=args.force,
+                          registry=None if args.dry_run else registry())
+    for note in launch.notes:
+        print(f"hpc-ft: warning: {note}", file=sys.stderr)
+    records = [p.record() for p in launch.points]
+    pruned = [p for p in launch.points if not p.kept]
+    if not launch.kept:
+        if args.json:
+            print(json.dumps(records, indent=2, ensure_ascii=False))
+        else:
+            print(format_points(launch.points), file=sys.stderr)
+        reasons = "; ".join(f"point {p.point.index}: {p.reason}" for p in pruned[:3])
+        raise UserError(f"no point of the sweep can run ({len(pruned)} pruned): {reasons}. "
+                        "`hpc-ft plan` with one point's overrides explains more; --force keeps planner-refused points.")
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(records, indent=2, ensure_ascii=False))
+        else:
+            sys.stdout.write(launch.array_text)
+            print(format_points(launch.points), file=sys.stderr)
+        print(f"hpc-ft: dry run: rendered {launch.sweep_dir} ({len(launch.kept)} points, {len(pruned)} pruned; "
+              "nothing submitted)", file=sys.stderr)
+        return 0
+    if args.json:
+        print(json.dumps({"sweep_id": launch.sweep_id, "sweep_dir": str(launch.sweep_dir),
+                          "array_job_id": launch.array_job_id, "executor": launch.executor,
+                          "tasks": len(launch.kept), "pruned": len(pruned), "points": records}, indent=2,
+                         ensure_ascii=False))
+        return 0
+    where = (f"array job {launch.array_job_id} (at most {launch.parallelism} at once)" if launch.executor == "slurm"
+             else f"one local job (pid {launch.array_job_id}), the points one after another")
+    print(f"sweep {launch.sweep_id}: {len(launch.kept)} points submitted as {where}; "
+          f"{len(pruned)} pruned by the planner")
+    shown = 20
+    for p in pruned[:shown]:
+        print(f"  pruned point {p.point.index} ({label(p.point)}): {p.reason}")
+    if len(pruned) > shown:
+        print(f"  ... and {len(pruned) - shown} more pruned points (all of them: hpc-ft sweep status {launch.sweep_id})")
+    print(f"  sweep dir: {launch.sweep_dir}")
+    print(f"  status:    hpc-ft sweep status {launch.sweep_id}    best: hpc-ft sweep best {launch.sweep_id}")
+    return 0
