@@ -58,3 +58,10 @@ def multinode_prefix(spec: DictConfig) -> List[Token]:
     if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
         return ["srun", f"--nodes={spec.trainer.num_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     return []
+
+
+def prologue(spec: DictConfig) -> List[str]:
+    """Shell lines a job needs before its steps: the rendezvous host of a multi-node job."""
+    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
+        return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"']
+    return []

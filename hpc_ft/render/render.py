@@ -146,6 +146,7 @@ def render_job_script(
     description: str,
     runtime_env_prefix: str = "",
     template: str = "sbatch.j2",
+    prologue: Sequence[str] = (),
 ) -> JobScript:
     import jinja2
 
@@ -167,6 +168,7 @@ def render_job_script(
             runtime_env_prefix=runtime_env_prefix,
             max_requeues=c.max_requeues,
             steps=list(steps),
+            prologue=list(prologue),
         )
     except jinja2.TemplateError as exc:
         raise _template_error(template, exc) from None

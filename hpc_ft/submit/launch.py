@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from omegaconf import DictConfig
 
 from hpc_ft.backends import backend_module
-from hpc_ft.backends.launch import runtime_env_prefix
+from hpc_ft.backends.launch import prologue, runtime_env_prefix
 from hpc_ft.errors import UserError
 from hpc_ft.render import JobScript, Step, render_job_script
 from hpc_ft.render.render import sbatch_options
@@ -133,7 +133,8 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     train_steps: List[Step] = backend.train_steps(spec, str(run_dir))
     eval_steps: List[Step] = backend.eval_steps(spec, str(run_dir)) if with_eval else []
     gpus = t.devices if c.gpu.request != "none" else 0
-    common = dict(run_dir=str(run_dir), run_id=run_id, env=env, runtime_env_prefix=runtime_env_prefix(spec))
+    common = dict(run_dir=str(run_dir), run_id=run_id, env=env, runtime_env_prefix=runtime_env_prefix(spec),
+                  prologue=prologue(spec))
     if c.executor == "local" or one_job:
         # One local job runs train then eval: the local executor has no dependencies.
         sb = sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
