@@ -1,0 +1,54 @@
+"""The events file: append-only JSON lines, one flushed line per event, the contract between the node programs and the tracker."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class EventLog:
+    """Appends `{"kind": ..., "time": ..., ...}` lines to a file; a no-op when path is None or on ranks other than 0."""
+
+    def __init__(self, path: str | os.PathLike | None, enabled: bool = True):
+        self.path = Path(path).expanduser().resolve() if path else None
+        self.enabled = enabled and self.path is not None
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, kind: str, **fields: Any) -> dict:
+        event = {"kind": kind, **fields}
+        event.setdefault("time", time.time())
+        if self.enabled:
+            line = json.dumps(event, ensure_ascii=False, default=str)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+        return event
+
+
+def read_events(path: str | os.PathLike) -> list[dict]:
+    """All events of a file, skipping a torn last line (the writer may have been killed mid-write)."""
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def say(message: str) -> None:
+    """One human-readable progress line on stdout, flushed so Slurm logs show it at once."""
+    print(message, flush=True)

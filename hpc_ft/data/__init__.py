@@ -1,0 +1,1 @@
+"""Dataset preparation: turn public or synthetic sources into the jsonl splits the backends train on."""
