@@ -1,14 +1,17 @@
 """The hf demo end to end in one process: make_synthetic -> tiny_model -> train -> generate (with the base), printing the figures.
 
-    HF_HUB_OFFLINE=1 python bench/hf_demo_pipeline.py [--seed 0] [--work-dir DIR] [--keep]
+    HF_HUB_OFFLINE=1 python bench/hf_demo_pipeline.py [--seed 0] [--threads 1] [--work-dir DIR] [--keep]
+        [--n-train 600 --n-valid 100 --n-test 200] [--train-arg=--lr=5e-3 ...] [--model-arg=--hidden=64 ...]
 
 Prints wall time per stage, val loss first/best, the step early stopping fired at, and the
 exact-match accuracy of the untuned base and of the fine-tuned adapter on the held-out test split.
+The defaults below are the demo's; a last FIGURES line holds them all as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -40,23 +43,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is as fast as 2 for this model size and much faster on a busy machine)")
+    for split, n in DEMO_DATA.items():
+        p.add_argument(f"--{split.replace('_', '-')}", type=int, default=n, help=f"synthetic rows (default {n})")
     p.add_argument("--train-arg", action="append", default=[], help="extra train.py argument, e.g. --train-arg=--lr=5e-3")
     p.add_argument("--model-arg", action="append", default=[], help="extra tiny_model argument")
     return p.parse_args()
 
 
-def run_pipeline(work: Path, seed: int, train_extra: list[str], model_extra: list[str], threads: int) -> dict:
+def run_pipeline(work: Path, seed: int, train_extra: list[str], model_extra: list[str], threads: int,
+                 sizes: dict) -> dict:
     figures: dict = {}
     t0 = time.perf_counter()
-    data = make_synthetic(work / "data", seed=seed, **DEMO_DATA)
+    data = make_synthetic(work / "data", seed=seed, **sizes)
     figures["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    import peft  # noqa: F401  (imported here so that the stages below are timed without imports)
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-    from transformers import Trainer  # noqa: F401
-
+    for heavy in ("torch", "transformers", "peft", "transformers.trainer"):  # so the stages below exclude imports
+        importlib.import_module(heavy)
     from hpc_ft.backends.hf_runtime import generate, tiny_model, train
 
     figures["import_s"] = time.perf_counter() - t0
@@ -97,7 +100,8 @@ def main() -> int:
     args = parse_args()
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="hf-demo-"))
     try:
-        figures = run_pipeline(work, args.seed, args.train_arg, args.model_arg, args.threads)
+        sizes = {split: getattr(args, split) for split in DEMO_DATA}
+        figures = run_pipeline(work, args.seed, args.train_arg, args.model_arg, args.threads, sizes)
     finally:
         if not args.work_dir and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

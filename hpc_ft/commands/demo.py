@@ -31,14 +31,16 @@ def run_demo(overrides: List[str]) -> int:
 
     _require_hf_extra()
     t0 = time.time()
-    spec = compose_job(["cluster=local", "eval=true", *overrides])
+    # one thread: on a small shared machine a second thread costs more than it brings
+    base = ["cluster=local", "eval=true", "backend.threads=1"]
+    spec = compose_job([*base, *overrides])
     if spec.backend.name != "hf" or spec.cluster.executor != "local":
         raise UserError("the demo runs the hf backend on the local executor; drop backend=/cluster= overrides "
                         "(use `hpc-ft train` for other setups).")
     for w in preflight(spec, force=False):
         print(f"hpc-ft: warning: {w}", file=sys.stderr)
     reg = registry()
-    launch = launch_run(spec, ["cluster=local", "eval=true", *overrides], with_eval=True, registry=reg)
+    launch = launch_run(spec, [*base, *overrides], with_eval=True, registry=reg)
     print(f"hpc-ft demo: run {launch.run_id} started on this machine (local executor, pid {launch.job_ids['train']})")
     print(f"  run dir {launch.run_dir}")
     print(f"  steps: build the tiny Llama (if missing), LoRA fine-tune with early stopping, then greedy eval")

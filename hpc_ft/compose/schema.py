@@ -71,16 +71,16 @@ class TrainerConf:
     num_nodes: int = 1
     precision: str = "32"       # 16 | 16-mixed | bf16 | bf16-mixed | 32
     max_epochs: int = -1
-    max_steps: int = 600
-    val_check_interval: Any = 20  # int: every N steps; float in (0, 1]: a fraction of max_steps
+    max_steps: int = 2000
+    val_check_interval: Any = 25  # int: every N steps; float in (0, 1]: a fraction of max_steps
     gradient_clip_val: float = 1.0
     log_every_n_steps: int = 5
 
 
 @dataclass
 class LoraTuningConf:
-    adapter_dim: int = 8
-    alpha: int = 16
+    adapter_dim: int = 16
+    alpha: int = 32
     adapter_dropout: float = 0.0
     target_modules: List[str] = field(default_factory=lambda: ["attention_qkv"])
 
@@ -192,9 +192,9 @@ class ExpManagerConf:
 
 @dataclass
 class SyntheticDataConf:
-    n_train: int = 1200
+    n_train: int = 600
     n_valid: int = 100
-    n_test: int = 100
+    n_test: int = 200
 
 
 @dataclass

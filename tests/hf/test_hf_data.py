@@ -117,7 +117,7 @@ def test_a_malformed_row_names_file_line_and_field(tmp_path, bad_line, expected)
     with pytest.raises(UserError) as caught:
         convert_jglue(tmp_path, tmp_path / "out", n_valid=1)
     message = str(caught.value)
-    assert f"train-v1.1.json:4" in message
+    assert "train-v1.1.json:4" in message
     assert expected in message
     assert "\n" not in message
 

@@ -127,9 +127,9 @@ def load_model(args, has_cuda: bool):
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     load_kwargs = {"dtype": dtype}
     if args.peft == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("--peft=qlora needs the bitsandbytes package on the node; install it or use --peft lora.") from None
         from transformers import BitsAndBytesConfig
 
