@@ -120,8 +120,6 @@ def sbatch_options(
     opts.append(f"--time={sbatch_value(time or c.time)}")
     opts.append(f"--output={sbatch_value(slurm_filename(output))}")
     opts.append("--open-mode=append")
-    if c.signal_before_timeout_s:
-        opts.append(f"--signal=B:USR1@{int(c.signal_before_timeout_s)}")
     opts.append("--requeue")
     if array:
         opts.append(f"--array={array}")
@@ -167,6 +165,7 @@ def render_job_script(
             secrets=list(spec.secrets),
             runtime_env_prefix=runtime_env_prefix,
             max_requeues=c.max_requeues,
+            signal_before_s=c.signal_before_timeout_s,
             steps=list(steps),
             prologue=list(prologue),
         )

@@ -13,14 +13,14 @@ from tests.slurm.conftest import hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
 
-MAX_STEPS = 1500
+MAX_STEPS = 4000
 CKPT_EVERY = 100
 
 
 def test_time_limited_run_requeues_and_resumes_to_max_steps_exactly(tiny_work, tmp_path):
     env = dict(os.environ, HPC_FT_REGISTRY=str(tmp_path / "registry.sqlite"))
     proc = hpcft("train", "cluster=slurm_local", f"work_dir={tiny_work}", "cluster.time=1",
-                 "cluster.signal_before_timeout_s=30", "cluster.max_requeues=12", f"trainer.max_steps={MAX_STEPS}",
+                 "cluster.signal_before_timeout_s=40", "cluster.max_requeues=12", f"trainer.max_steps={MAX_STEPS}",
                  f"trainer.val_check_interval={CKPT_EVERY}", "exp_manager.early_stopping_callback_params.patience=100",
                  "backend.threads=1", "model.micro_batch_size=8", "model.global_batch_size=8", "--json", env=env)
     launch = json.loads(proc.stdout)
