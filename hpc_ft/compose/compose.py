@@ -198,12 +198,10 @@ def _cache_key(overrides: Sequence[str], roots: Sequence[Path]) -> str:
                 if f.endswith(".yaml"):
                     st = os.stat(os.path.join(dirpath, f))
                     stamp.append((os.path.join(dirpath, f), st.st_size, st.st_mtime_ns))
-    try:
-        from importlib.metadata import version
+    import importlib.util
 
-        hydra_version = version("hydra-core")
-    except Exception:  # noqa: BLE001 - any failure just means no reuse across versions
-        hydra_version = "?"
+    hydra_spec = importlib.util.find_spec("hydra")  # its install, by file stamp: no import, no metadata scan
+    hydra_version = os.stat(hydra_spec.origin).st_mtime_ns if hydra_spec and hydra_spec.origin else "?"
     from hpc_ft import __version__
 
     code = os.stat(__file__).st_mtime_ns  # how composition is done is part of the key, too
