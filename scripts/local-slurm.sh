@@ -28,6 +28,7 @@
 #   CR_Core_Memory with DefMemPerCPU=1024; EnforcePartLimits=ALL (a job over a
 #   partition limit is rejected by sbatch instead of pending forever);
 #   OverTimeLimit=0, KillWait=5, cred_expire=10 (requeued jobs restart after ~11 s),
+#   SlurmdTimeout=30 (a killed slurmd makes the node DOWN and its jobs NODE_FAIL within ~40 s),
 #   bf_interval=2,sched_interval=2; accounting with AccountingStorageTRES=gres/gpu.
 #
 # Env knobs [defaults]:
@@ -38,6 +39,9 @@
 #   HPC_FT_SLURM_DB_PORT   MariaDB TCP port on 127.0.0.1                     [13306]
 #   HPC_FT_SLURM_WAIT_S    max seconds to wait for each daemon / the node    [120]
 #   HPC_FT_SLURM_LINK_ETC  1 = symlink /etc/slurm/{slurm,gres}.conf          [1]
+#   HPC_FT_SLURM_SLURMD_TIMEOUT  seconds without an answer from slurmd before  [30]
+#                          the node is marked DOWN and its jobs end NODE_FAIL (Slurm's default is 300;
+#                          30 lets tests/slurm/test_slurm_faults.py see a killed slurmd within a minute)
 set -uo pipefail
 
 ROOT=${HPC_FT_SLURM_ROOT:-/tmp/hpc-ft-slurm}
@@ -47,6 +51,7 @@ MEM_MB=${HPC_FT_SLURM_MEM_MB:-524288}
 DB_PORT=${HPC_FT_SLURM_DB_PORT:-13306}
 WAIT_S=${HPC_FT_SLURM_WAIT_S:-120}
 LINK_ETC=${HPC_FT_SLURM_LINK_ETC:-1}
+SLURMD_TIMEOUT=${HPC_FT_SLURM_SLURMD_TIMEOUT:-30}
 
 NODE=localhost
 CLUSTER=hpcft
@@ -168,7 +173,7 @@ wait_until() {
 check_knobs() {
   local k v
   for k in HPC_FT_SLURM_CPUS:$CPUS HPC_FT_SLURM_GPUS:$GPUS HPC_FT_SLURM_MEM_MB:$MEM_MB \
-    HPC_FT_SLURM_DB_PORT:$DB_PORT HPC_FT_SLURM_WAIT_S:$WAIT_S; do
+    HPC_FT_SLURM_DB_PORT:$DB_PORT HPC_FT_SLURM_WAIT_S:$WAIT_S HPC_FT_SLURM_SLURMD_TIMEOUT:$SLURMD_TIMEOUT; do
     v=${k#*:}
     [[ "$v" =~ ^[0-9]+$ ]] || die "${k%%:*} must be a whole number, got '$v'"
   done
@@ -277,6 +282,8 @@ InactiveLimit=0
 MinJobAge=300
 KillWait=5
 OverTimeLimit=0
+# a node whose slurmd stops answering is DOWN after this many seconds (its jobs: NODE_FAIL, requeued)
+SlurmdTimeout=$SLURMD_TIMEOUT
 # reject at submit time a job that can never run in its partition (e.g. --time > MaxTime)
 EnforcePartLimits=ALL
 # accounting: slurmdbd + MariaDB, so sacct (and submitit) work

@@ -28,7 +28,8 @@ def resolve_run(ref: Optional[str]) -> Dict[str, Any]:
     """A registry row for RUN (id prefix, job id or run directory); the latest run without RUN.
 
     A run directory that is not in the registry (copied from elsewhere, or a NeMo run written by hand)
-    is read from its run.json.
+    is read from its run.json. A run id or job id that the registry does not know is looked for in
+    Slurm (`hpc_ft.track.reconcile`): a run whose submitter died right after sbatch is found that way.
     """
     if ref and os.path.isdir(ref):
         p = Path(ref).resolve()
@@ -44,6 +45,11 @@ def resolve_run(ref: Optional[str]) -> Dict[str, Any]:
             raise UserError("no runs registered yet. Start one: `hpc-ft train` (or `hpc-ft demo`).")
         return row
     rows = reg.find(ref)
+    if not rows:
+        from hpc_ft.track.reconcile import reconcile_quietly
+
+        if reconcile_quietly(reg, ref):  # its submitting shell may have died right after sbatch
+            rows = reg.find(ref)
     if not rows:
         raise UserError(f"run '{ref}': not found in the registry ({reg.path}). List runs with `hpc-ft runs`.")
     if len(rows) > 1 and not any(r["run_id"] == ref for r in rows):

@@ -1,4 +1,4 @@
-"""CLI: train, eval, demo, status, runs, logs, watch, cancel, plot."""
+"""CLI: train, eval, demo, status, runs, logs, watch, cancel, resume, plot."""
 
 from __future__ import annotations
 
@@ -73,11 +73,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from hpc_ft.commands.common import resolve_run
+    from hpc_ft.commands.common import registry, resolve_run
     from hpc_ft.track.status import format_status, run_status, wait_for_end
 
     row = resolve_run(args.run)
-    st = wait_for_end(row) if args.wait else run_status(row)
+    reg = None if row.get("unregistered") else registry()
+    st = wait_for_end(row, registry=reg) if args.wait else run_status(row, reg)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False))
     else:
@@ -91,6 +92,11 @@ def add_tracking_commands(sub) -> None:
     p.add_argument("--state", help="only runs in this state (e.g. RUNNING, COMPLETED, FAILED)")
     p.add_argument("--name", help="only runs whose name contains this")
     p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    p.add_argument("--reconcile", action="store_true",
+                   help="first find hpc-ft jobs that Slurm knows and no registry recorded (a submitting shell "
+                        "that died right after sbatch) and record them here")
+    p.add_argument("--since", type=float, default=7.0, metavar="DAYS",
+                   help="with --reconcile: look at jobs that ended up to this many days ago (default 7)")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("logs", help="print a run's log (default: latest run)")
@@ -108,6 +114,13 @@ def add_tracking_commands(sub) -> None:
     p.add_argument("run", nargs="?")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("resume", help="submit a run that ended early (timeout, node failure, cancel) again in its "
+                                      "own run directory: it continues from its newest checkpoint")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--force", action="store_true", help="submit again even when training already completed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("plot", help="train/val loss of a run (or throughput of a sweep) to a PNG")
     p.add_argument("run", help="run id, run directory, or sweep id")
     p.add_argument("-o", "--output", required=True, help="the PNG file to write")
@@ -118,7 +131,19 @@ def cmd_runs(args) -> int:
     from hpc_ft.commands.common import registry
     from hpc_ft.track.listing import format_runs, list_runs
 
-    rows = list_runs(registry(), state=args.state, name=args.name, limit=args.limit)
+    reg = registry()
+    if args.reconcile:
+        from hpc_ft.track.reconcile import reconcile
+
+        found = reconcile(reg, since_days=args.since)
+        lost = [r for r in found if r.action == "not found"]
+        for r in [r for r in found if r.action != "not found"] + lost[:3]:
+            print(f"hpc-ft: reconcile: {r.line()}", file=sys.stderr)
+        if len(lost) > 3:
+            print(f"hpc-ft: reconcile: ... and {len(lost) - 3} more jobs whose run directory is gone", file=sys.stderr)
+        if not found:
+            print("hpc-ft: reconcile: every hpc-ft job Slurm knows is registered", file=sys.stderr)
+    rows = list_runs(reg, state=args.state, name=args.name, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False))
     else:
@@ -150,6 +175,21 @@ def cmd_cancel(args) -> int:
     row = resolve_run(args.run)
     done = cancel_run(row, registry())
     print(f"run {row['run_id']}: cancelled {', '.join(done) if done else 'nothing (no job still queued or running)'}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from hpc_ft.commands.common import registry, resolve_run
+    from hpc_ft.track.control import resume_run
+
+    row = resolve_run(args.run)
+    jobs = resume_run(row, registry(), force=args.force)
+    if args.json:
+        print(json.dumps({"run_id": row["run_id"], "run_dir": row["run_dir"], "jobs": jobs}, indent=2))
+    else:
+        print(f"run {row['run_id']} resubmitted: {' '.join(f'{k}={v}' for k, v in jobs.items())}")
+        print(f"  it continues from the newest checkpoint in {row['run_dir']}")
+        print(f"  watch:   hpc-ft status {row['run_id']} [--wait]")
     return 0
 
 

@@ -205,6 +205,8 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
         "submitted_by": {"user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable},
         "dry_run": dry_run,
         "requeues": 0,
+        # which registry owns this run: `hpc-ft runs --reconcile` adopts only orphans
+        "registry": str(registry.path) if registry is not None else None,
     }
     launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes)
     if "eval" in scripts:

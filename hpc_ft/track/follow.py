@@ -63,17 +63,50 @@ def _tail_bytes(path: Path, lines: int) -> bytes:
     return b"\n".join(data.split(b"\n")[-lines - 1:])
 
 
+class RunWatcher:
+    """A run's status, polled: parsers keep their place in each log/event file between polls, so a poll
+    reads only what was written since the last one (plus a fixed-size log tail), whatever the log size.
+
+    `poll()` returns the same object as `run_status(row)`; `bytes_parsed` counts the event/log bytes read.
+    """
+
+    def __init__(self, row: Dict) -> None:
+        from hpc_ft.track.run_state import IncrementalSources
+        from hpc_ft.track.status import _record, run_kwargs
+
+        self.row = row
+        self.run_dir = Path(row["run_dir"])
+        self.sources = IncrementalSources()
+        self._kwargs = run_kwargs(_record(self.run_dir), self.run_dir)  # config.yaml: read once
+
+    @property
+    def bytes_parsed(self) -> int:
+        return self.sources.bytes_read
+
+    def poll(self, registry=None) -> Dict:
+        from hpc_ft.track.run_state import state_from_run_dir
+        from hpc_ft.track.status import _record, compose_status, scheduler_kwargs, scheduler_state
+
+        rec = _record(self.run_dir)  # small; a resume changes its job ids
+        sched = scheduler_state(self.row, rec)
+        rs = state_from_run_dir(self.run_dir, self.row.get("backend") or rec.get("backend", "hf"),
+                                run_id=self.row["run_id"], sources=self.sources, **scheduler_kwargs(sched),
+                                **self._kwargs)
+        return compose_status(self.row, rec, sched, rs, registry=registry)
+
+
 def follow_log(row: Dict, interval: float = 1.0) -> int:
-    from hpc_ft.track.status import is_final, run_status
+    from hpc_ft.track.status import is_final
 
     reader = TailReader(log_path(row))
+    watcher = RunWatcher(row)
     while True:
         data = reader.read_new()
         if data:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
             continue
-        st = run_status(row)
+        st = watcher.poll()
         if is_final(st):
             data = reader.read_new()
             sys.stdout.buffer.write(data)
@@ -107,12 +140,13 @@ def progress_line(st: Dict, width: int = 30) -> str:
 
 def watch(row: Dict, interval: float = 2.0) -> int:
     """A live progress line until the run ends (status is rebuilt from incremental readers)."""
-    from hpc_ft.track.status import is_final, run_status
+    from hpc_ft.track.status import is_final
 
     tty = sys.stdout.isatty()
     last = ""
+    watcher = RunWatcher(row)
     while True:
-        st = run_status(row)
+        st = watcher.poll()
         line = progress_line(st)
         if line != last:
             sys.stdout.write(("\r\x1b[2K" if tty else "") + line + ("" if tty else "\n"))

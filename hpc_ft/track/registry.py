@@ -84,14 +84,18 @@ class Registry:
 
     def add_run(self, *, run_id: str, name: str, config_hash: str, run_dir: str, backend: str, cluster: str,
                 executor: str, job_ids: List[str], state: str = "PENDING", sweep_id: Optional[str] = None,
-                point: Optional[int] = None) -> None:
+                point: Optional[int] = None, created: Optional[float] = None) -> None:
+        """One new row; a run id that is already registered raises sqlite3.IntegrityError.
+
+        `created`: when the run was made (default now); `hpc-ft runs --reconcile` passes run.json's.
+        """
         now = time.time()
         with self._tx() as c:
             c.execute(
                 "INSERT INTO runs (run_id,name,config_hash,run_dir,backend,cluster,executor,job_ids,state,"
                 "sweep_id,point,created,updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, name, config_hash, run_dir, backend, cluster, executor, json.dumps(job_ids), state,
-                 sweep_id, point, now, now),
+                 sweep_id, point, created if created is not None else now, now),
             )
 
     def add_runs(self, rows: List[Dict[str, Any]]) -> None:
@@ -173,6 +177,14 @@ class Registry:
     def latest_sweep(self) -> Optional[Dict[str, Any]]:
         r = self._conn.execute("SELECT * FROM sweeps ORDER BY created DESC LIMIT 1").fetchone()
         return dict(r) if r else None
+
+    def job_ids_since(self, since: float) -> Dict[str, str]:
+        """job id -> run id for every run created after `since` (what `--reconcile` already knows)."""
+        known: Dict[str, str] = {}
+        for run_id, ids in self._conn.execute("SELECT run_id, job_ids FROM runs WHERE created >= ?", (since,)):
+            for j in json.loads(ids):
+                known[str(j)] = run_id
+        return known
 
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

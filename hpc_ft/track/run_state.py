@@ -8,6 +8,11 @@ Run directory layouts read here::
            <run_dir>/checkpoints/checkpoint-N/       Trainer checkpoints (trainer_state.json)
            <run_dir>/logs/job.out, job.err
     both:  <run_dir>/predictions/*.jsonl             eval outputs; a name with "base" = base model
+           events.out.tfevents.*                     TensorBoard scalars (nemo: under <exp_dir>/<name>/,
+                                                     hf: under <run_dir>/), read when the logs show no progress
+
+How files are read is an ``EventSources``: by default each is parsed whole; ``IncrementalSources``
+(``watch``) keeps one incremental parser per file, so a poll reads only the bytes added since the last.
 
 The Slurm state and exit code are not read here: the caller passes them in.
 """
@@ -40,14 +45,15 @@ from hpc_ft.track.events import (
     merge_attempts,
     split_attempts,
 )
-from hpc_ft.track.hf_events import read_hf_events, scan_hf_checkpoints
+from hpc_ft.track.hf_events import HfEventsReader, read_hf_events, scan_hf_checkpoints
 from hpc_ft.track.nemo_checkpoints import (
     CheckpointSummary,
     find_nemo_log_dir,
     inspect_checkpoints,
     nemo_exp_dir,
 )
-from hpc_ft.track.nemo_log import log_tail, parse_nemo_log
+from hpc_ft.track.nemo_log import NemoLogParser, log_tail, parse_nemo_log
+from hpc_ft.track.tensorboard import TbScalarsReader, find_event_files, read_tb_events
 
 BACKENDS = ("nemo", "hf")
 SLURM_LOGS = ("job.out", "job.err")
@@ -145,21 +151,94 @@ def _tail(files: list[Path], lines: int) -> str:
     return "\n".join(parts)
 
 
-def _slurm_log_events(run_dir: Path) -> tuple[list[list[Event]], list[Path]]:
+class EventSources:
+    """How ``state_from_run_dir`` reads event files: each file parsed whole, on every call."""
+
+    def nemo_log(self, path: Path) -> list[Event]:
+        return parse_nemo_log(path)
+
+    def hf_events(self, path: Path, base_dir: Path) -> list[Event]:
+        return read_hf_events(path, base_dir)
+
+    def tb_events(self, files: list[Path]) -> list[Event]:
+        return read_tb_events(files)
+
+
+def _append_compact(events: list[Event], new: list[Event]) -> None:
+    """Append, keeping only the last of consecutive Progress samples (all a RunState reads of them)."""
+    for e in new:
+        if isinstance(e, Progress) and events and isinstance(events[-1], Progress):
+            events[-1] = e
+        else:
+            events.append(e)
+
+
+class IncrementalSources(EventSources):
+    """One incremental parser per file: each call reads only what was appended since the last call, so
+    the cost of a poll does not grow with the size of the logs. ``bytes_read`` counts what was read."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self._logs: dict[Path, tuple[NemoLogParser, list[Event]]] = {}
+        self._hf: dict[Path, tuple[HfEventsReader, list[Event]]] = {}
+        self._tb = TbScalarsReader()
+
+    def nemo_log(self, path: Path) -> list[Event]:
+        parser, events = self._logs.get(path) or (NemoLogParser(), [])
+        offset, head = parser.offset, parser.head
+        try:
+            new = parser.feed_file(path)
+        except FileNotFoundError:
+            return list(events)
+        if parser.offset < offset or not parser.head.startswith(head):  # the file was replaced: parsed anew
+            events = []
+            self.bytes_read += parser.offset
+        else:
+            self.bytes_read += parser.offset - offset
+        _append_compact(events, new)
+        self._logs[path] = (parser, events)
+        pending = parser.progress  # an update still waiting for its line end
+        if pending is not None and not (events and events[-1] == pending):
+            return events + [pending]
+        return list(events)
+
+    def hf_events(self, path: Path, base_dir: Path) -> list[Event]:
+        reader, events = self._hf.get(path) or (HfEventsReader(base_dir), [])
+        offset = reader.offset
+        try:
+            if Path(path).stat().st_size < offset:  # replaced: start over
+                reader, events, offset = HfEventsReader(base_dir), [], 0
+            new = reader.feed_file(path)
+        except FileNotFoundError:
+            return list(events)
+        self.bytes_read += reader.offset - offset
+        _append_compact(events, new)
+        self._hf[path] = (reader, events)
+        return list(events)
+
+    def tb_events(self, files: list[Path]) -> list[Event]:
+        before = self._tb.bytes_read
+        for p in files:
+            self._tb.feed_file(p)
+        self.bytes_read += self._tb.bytes_read - before
+        return self._tb.events()
+
+
+def _slurm_log_events(run_dir: Path, sources: EventSources) -> tuple[list[list[Event]], list[Path]]:
     paths = []
     for name in SLURM_LOGS:
         p = run_dir / "logs" / name
         if p.is_file() and not any(p.samefile(q) for q in paths):
             paths.append(p)
-    return [parse_nemo_log(p) for p in paths], paths
+    return [sources.nemo_log(p) for p in paths], paths
 
 
-def _nemo_rank0_events(log_dir: Path) -> tuple[list[Event], list[Path]]:
+def _nemo_rank0_events(log_dir: Path, sources: EventSources) -> tuple[list[Event], list[Path]]:
     """Events of NeMo's own rank-0 logs, one file per attempt (used when Slurm logs are missing)."""
     files = nemo_exp_dir(log_dir).rank0_logs()
     events: list[Event] = []
     for p in files:
-        parsed = parse_nemo_log(p)
+        parsed = sources.nemo_log(p)
         if events and not (parsed and isinstance(parsed[0], AttemptStarted)):
             events.append(AttemptStarted("nemo"))
         events.extend(parsed)
@@ -291,6 +370,7 @@ def state_from_run_dir(
     mode: str = "min",
     tail_lines: int = 40,
     nemo_exp_root: str | Path | None = None,
+    sources: EventSources | None = None,
 ) -> RunState:
     """Parse a run directory (layout in the module docstring) into a RunState.
 
@@ -298,12 +378,14 @@ def state_from_run_dir(
     ``expected_ranks``: TP x PP, so a checkpoint missing a whole rank folder is not complete;
     ``requeues``: from the scheduler; default = attempts found in the logs - 1;
     ``nemo_exp_root``: NeMo's ``exp_manager.exp_dir`` (the folder holding ``<exp_name>/``), default
-    ``<run_dir>/nemo``.
+    ``<run_dir>/nemo``; ``sources``: how files are read (default: each parsed whole).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     run_dir = Path(run_dir).resolve()
-    sources, log_files = _slurm_log_events(run_dir)
+    reader = sources or EventSources()
+    sources, log_files = _slurm_log_events(run_dir, reader)
+    tb_root = run_dir
     notes: list[str] = []
     kwargs: dict[str, Any] = {}
 
@@ -316,8 +398,9 @@ def state_from_run_dir(
             if name is None:
                 name = log_dir.name if log_dir.parent == nemo_root else log_dir.parent.name
             summary = inspect_checkpoints(log_dir / "checkpoints", name=name, mode=mode, expected_ranks=expected_ranks)
+            tb_root = log_dir if log_dir.parent == nemo_root else log_dir.parent  # <exp_dir>/<name>: all version_N
             if not sources:
-                rank0, files = _nemo_rank0_events(log_dir)
+                rank0, files = _nemo_rank0_events(log_dir, reader)
                 sources, log_files = [rank0], files[-1:]
         events = merge_attempts(*sources)
         if summary is not None:
@@ -335,7 +418,7 @@ def state_from_run_dir(
             if incomplete:
                 notes.append(f"incomplete checkpoints (missing rank files or unfinished): {', '.join(incomplete)}")
     else:
-        events = merge_attempts(read_hf_events(run_dir / "events.jsonl", run_dir), *sources)
+        events = merge_attempts(reader.hf_events(run_dir / "events.jsonl", run_dir), *sources)
         hf = scan_hf_checkpoints(run_dir / "checkpoints")
         folder = run_dir / "checkpoints"
         logged_best = _last(events, TrainEnd, "best_checkpoint")
@@ -350,6 +433,12 @@ def state_from_run_dir(
         final = _last(events, FinalArtifact, "path")
         if final:
             kwargs["final_artifact"] = _local(final, folder)
+
+    if not any(isinstance(e, Progress) and e.step > 0 for e in events):
+        # the logs show no progress (NeMo's progress bar off, a quiet Trainer): TensorBoard's scalars may
+        tb_files = find_event_files(tb_root)
+        if tb_files:
+            events = events + reader.tb_events(tb_files)
 
     state = state_from_events(
         run_id or run_dir.name,

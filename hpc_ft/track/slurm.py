@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "Start", "End", "Reason", "JobName")
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "Start", "End", "Reason", "JobName", "NodeList")
 
 
 def _run(argv: List[str], timeout: float = 20) -> Optional[str]:
@@ -22,7 +22,10 @@ def _run(argv: List[str], timeout: float = 20) -> Optional[str]:
 
 
 def sacct(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
-    """JobID -> {State, ExitCode, Elapsed, ...} for the allocations (not the steps) of these jobs."""
+    """JobID -> {State, ExitCode, Elapsed, ...} for the allocations (not the steps) of these jobs.
+
+    A requeued job has one row per allocation (`-D`): the row kept is the latest; `Restarts` counts
+    the earlier ones and `Previous` names their end states, oldest first ("NODE_FAIL,TIMEOUT")."""
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
@@ -39,6 +42,7 @@ def sacct(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
         seen = rows.get(row["JobID"])
         # -D lists every allocation of a requeued job, oldest first: the last is the latest
         row["Restarts"] = str(int(seen["Restarts"]) + 1) if seen else "0"
+        row["Previous"] = ",".join(x for x in ((seen or {}).get("Previous", ""), (seen or {}).get("State", "")) if x)
         rows[row["JobID"]] = row
     return rows
 
@@ -47,12 +51,13 @@ def squeue(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
-    out = _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"])
+    out = _run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r|%N"])
     rows: Dict[str, Dict[str, str]] = {}
     for line in (out or "").splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 3:
-            rows[parts[0]] = {"JobID": parts[0], "State": parts[1], "Reason": parts[2], "ExitCode": ""}
+        if len(parts) == 4:
+            rows[parts[0]] = {"JobID": parts[0], "State": parts[1], "Reason": parts[2], "ExitCode": "",
+                              "NodeList": parts[3]}
     return rows
 
 
@@ -63,6 +68,57 @@ def job_states(job_ids: Iterable[str]) -> Dict[str, Dict[str, str]]:
     if missing:
         rows.update(squeue(missing))
     return rows
+
+
+# sinfo's node states that mean the node's slurmd is not answering or the node is out of service
+_SICK_NODE = ("DOWN", "NOT_RESPONDING", "FAIL", "UNKNOWN")
+
+
+def node_states(nodelists: Iterable[str]) -> Dict[str, str]:
+    """node name -> sinfo's state (`allocated*`: `*` = not responding), for these nodes, in one sinfo call."""
+    names = sorted({n for n in nodelists if n and n not in ("None", "None assigned", "(null)")})
+    if not names:
+        return {}
+    out = _run(["sinfo", "-h", "-N", "-n", ",".join(names), "-o", "%N|%T"], timeout=10)
+    states: Dict[str, str] = {}
+    for line in (out or "").splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def node_problem(nodelist: str, states: Dict[str, str]) -> Optional[str]:
+    """A sentence when a node of `nodelist` is not responding or out of service, else None."""
+    if not nodelist or not states:
+        return None
+    members = [n for n in states if n == nodelist or n in _expand(nodelist)]
+    for node in members:
+        st = states[node]
+        if st.endswith("*") or any(word in st.upper() for word in _SICK_NODE):
+            return (f"node {node} is {st.rstrip('*').upper()}" + (" and NOT RESPONDING" if st.endswith("*") else "")
+                    + ": its slurmd is down or the node was lost; Slurm will end the job (NODE_FAIL) "
+                    "if the node does not come back")
+    return None
+
+
+def _expand(nodelist: str) -> List[str]:
+    """`a,node[1-3,5]` -> a, node1, node2, node3, node5 (Slurm's hostlist syntax, one bracket per name)."""
+    import re
+
+    names: List[str] = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?", nodelist):
+        prefix, ranges = m.group(1), m.group(2)
+        if ranges is None:
+            names.append(prefix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if hi and lo.isdigit() and hi.isdigit():
+                names.extend(f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1))
+            else:
+                names.append(prefix + lo)
+    return names
 
 
 def exit_code(row: Dict[str, str]) -> Optional[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from hpc_ft.track import slurm as sl
 from hpc_ft.track.registry import FINAL_STATES
@@ -23,67 +23,172 @@ CAUSE_STATE = {"COMPLETED": "COMPLETED", "EARLY_STOPPED": "COMPLETED", "TIMEOUT"
 STATUS_KEYS = ("run_id", "job_id", "state", "step", "max_steps", "train_loss", "best_val_loss", "best_checkpoint",
                "early_stopped", "accuracy", "base_accuracy")
 
+# Every key of `hpc-ft status --json`, and so of each object of `hpc-ft runs --json` (one schema for both):
+# the RunState fields, then the run's identity and its scheduler jobs.
+STATUS_FIELDS = (
+    "run_id", "job_id", "state", "step", "max_steps", "train_loss", "val_loss", "best_val_loss", "best_checkpoint",
+    "last_checkpoint", "final_artifact", "early_stopped", "end_cause", "end_reason", "accuracy", "base_accuracy",
+    "step_time_s", "tokens_per_s", "log_tail", "requeues", "attempts", "backend", "notes",
+    "jobs", "name", "run_dir", "cluster", "sweep_id", "created",
+)
+
 
 def _record(run_dir: Path) -> Dict[str, Any]:
     from hpc_ft.submit.rundir import read_run_json
 
     try:
         return read_run_json(run_dir)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return {}
 
 
-def scheduler_state(row: Dict[str, Any], rec: Dict[str, Any]) -> Dict[str, Dict[str, str]]:
-    """kind ('train'/'eval') -> the scheduler's row for that job."""
-    jobs: Dict[str, str] = dict(rec.get("jobs") or {})
+def run_jobs(row: Dict[str, Any], rec: Dict[str, Any]) -> Dict[str, str]:
+    """kind ('train'/'eval'/...) -> job id, from run.json (the registry's job_ids when run.json has none)."""
+    jobs: Dict[str, str] = {k: str(v) for k, v in (rec.get("jobs") or {}).items() if v}
     if not jobs and row.get("job_ids"):
-        jobs = {"train": row["job_ids"][0]}
+        jobs = {"train": str(row["job_ids"][0])}
         if len(row["job_ids"]) > 1:
-            jobs["eval"] = row["job_ids"][1]
+            jobs["eval"] = str(row["job_ids"][1])
+    return jobs
+
+
+@dataclasses.dataclass
+class SchedulerSnapshot:
+    """Slurm's answers for many runs at once: one sacct call (squeue for what it misses), one sinfo call."""
+
+    jobs: Dict[str, Dict[str, str]]
+    nodes: Dict[str, str]
+
+
+def snapshot(rows: Iterable[Dict[str, Any]], recs: Optional[Dict[str, Dict[str, Any]]] = None) -> SchedulerSnapshot:
+    """The scheduler's state of every Slurm job of `rows` (registry rows), in one round of calls."""
+    ids: List[str] = []
+    for row in rows:
+        if row.get("executor") == "local":
+            continue
+        rec = (recs or {}).get(row["run_id"])
+        if rec is None:
+            rec = _record(Path(row["run_dir"]))
+        ids.extend(run_jobs(row, rec).values())
+    jobs = sl.job_states(ids) if ids else {}
+    running = [r.get("NodeList", "") for r in jobs.values() if r.get("State") in ("RUNNING", "COMPLETING")]
+    return SchedulerSnapshot(jobs=jobs, nodes=sl.node_states(running) if running else {})
+
+
+def scheduler_state(row: Dict[str, Any], rec: Dict[str, Any],
+                    snap: Optional[SchedulerSnapshot] = None) -> Dict[str, Dict[str, str]]:
+    """kind ('train'/'eval') -> the scheduler's row for that job."""
+    jobs = run_jobs(row, rec)
     if row.get("executor") == "local":
         return {k: sl.local_state(Path(row["run_dir"]), v) for k, v in jobs.items()}
-    states = sl.job_states(jobs.values())
-    return {k: states.get(str(v), {"State": "UNKNOWN"}) for k, v in jobs.items()}
+    if snap is None:
+        snap = snapshot([row], {row["run_id"]: rec})
+    return {k: snap.jobs.get(str(v), {"State": "UNKNOWN"}) for k, v in jobs.items()}
 
 
-def run_status(row: Dict[str, Any], registry=None) -> Dict[str, Any]:
+def scheduler_kwargs(sched: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
+    """What state_from_run_dir / state_from_events take from the train job's scheduler row."""
+    train = sched.get("train", {})
+    restarts = train.get("Restarts")
+    state = train.get("State") or None
+    if state == "UNKNOWN":  # neither sacct nor squeue knows the job: no word from Slurm (not a failure)
+        state = None
+    return {"slurm_state": state, "exit_code": sl.exit_code(train),
+            "requeues": int(restarts) if restarts and restarts.isdigit() else None}
+
+
+def run_status(row: Dict[str, Any], registry=None, *, snap: Optional[SchedulerSnapshot] = None) -> Dict[str, Any]:
+    """The status object of one run (the keys of STATUS_FIELDS). `snap`: Slurm's answers fetched for many
+    runs at once (`hpc-ft runs`); without it this run's jobs are looked up on their own."""
     from hpc_ft.track.run_state import state_from_run_dir
 
     run_dir = Path(row["run_dir"])
     rec = _record(run_dir)
-    sched = scheduler_state(row, rec)
-    train = sched.get("train", {})
-    restarts = train.get("Restarts")
-    rs = state_from_run_dir(run_dir, row.get("backend") or rec.get("backend", "hf"),
-                            slurm_state=train.get("State") or None, exit_code=sl.exit_code(train),
-                            run_id=row["run_id"], requeues=int(restarts) if restarts and restarts.isdigit() else None,
-                            **_nemo_kwargs(rec, run_dir))
+    sched = scheduler_state(row, rec, snap)
+    rs = state_from_run_dir(run_dir, row.get("backend") or rec.get("backend", "hf"), run_id=row["run_id"],
+                            **scheduler_kwargs(sched), **run_kwargs(rec, run_dir))
+    return compose_status(row, rec, sched, rs, registry=registry, nodes=snap.nodes if snap else None)
+
+
+def compose_status(row: Dict[str, Any], rec: Dict[str, Any], sched: Dict[str, Dict[str, str]], rs,
+                   registry=None, nodes: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The status object from a RunState and the scheduler's rows (shared by `status` and `watch`)."""
     out = rs.to_dict()
     if not out.get("state") or out["state"] == "UNKNOWN":
         out["state"] = CAUSE_STATE.get(out.get("end_cause"), out.get("state") or "UNKNOWN")
     out = {k: (v.value if hasattr(v, "value") else v) for k, v in out.items()}
+    jobs = run_jobs(row, rec)
     out.update({
         "run_id": row["run_id"],
-        "job_id": (rec.get("jobs") or {}).get("train") or (row.get("job_ids") or [None])[0],
-        "jobs": {k: {"job_id": (rec.get("jobs") or {}).get(k), "state": v.get("State"),
-                     "reason": v.get("Reason", "")} for k, v in sched.items()},
-        "name": row.get("name"),
-        "run_dir": str(run_dir),
-        "backend": row.get("backend"),
-        "cluster": row.get("cluster"),
+        "job_id": jobs.get("train") or (row.get("job_ids") or [None])[0],
+        "jobs": _jobs_view(jobs, sched, nodes),
+        "name": row.get("name") or rec.get("name"),
+        "run_dir": str(row["run_dir"]),
+        "backend": row.get("backend") or rec.get("backend"),
+        "cluster": row.get("cluster") or rec.get("cluster"),
+        "sweep_id": row.get("sweep_id"),
+        "created": _created(row, rec),
     })
     if "eval" in sched and out.get("state") == "COMPLETED":
         ev = sched["eval"].get("State", "UNKNOWN")
         if ev not in ("COMPLETED",) and ev not in FINAL_STATES:
             out["state"] = "RUNNING"  # training done, eval still to come
-    for k in STATUS_KEYS:
+    for k in STATUS_FIELDS:
         out.setdefault(k, None)
     if registry is not None and not row.get("unregistered"):
-        registry.update_run(row["run_id"], state=out["state"], summary={k: out.get(k) for k in STATUS_KEYS})
+        registry.update_run(row["run_id"], state=out["state"], summary={k: out.get(k) for k in STATUS_FIELDS})
     return out
 
 
-def _nemo_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+_NEVER_MET = ("DependencyNeverSatisfied",)
+
+
+def _jobs_view(jobs: Dict[str, str], sched: Dict[str, Dict[str, str]],
+               nodes: Optional[Dict[str, str]]) -> Dict[str, Dict[str, Any]]:
+    """kind -> {job_id, state, reason, previous}: Slurm's word, with the reason a person needs.
+
+    * the eval job of a training that did not complete: Slurm cancels it (afterok can never be met,
+      --kill-on-invalid-dep=yes); the reason says so instead of Slurm's bare "None";
+    * a running job whose node stopped answering (slurmd killed, node lost) is still RUNNING to Slurm
+      until SlurmdTimeout passes; the reason says the node is not responding;
+    * a requeued job lists the end states of its earlier allocations (`previous`, e.g. NODE_FAIL).
+    """
+    train_state = (sched.get("train") or {}).get("State", "")
+    view: Dict[str, Dict[str, Any]] = {}
+    for kind, row in sched.items():
+        state = row.get("State")
+        reason = row.get("Reason", "") or ""
+        if reason in ("None", "(null)"):
+            reason = ""
+        previous = [p for p in (row.get("Previous") or "").split(",") if p]
+        if kind != "train" and train_state in FINAL_STATES and train_state != "COMPLETED":
+            if state == "CANCELLED":
+                reason = (f"training {train_state}: the afterok dependency can never be met, "
+                          "so Slurm cancelled this job" + (f" ({reason})" if reason else ""))
+            elif state == "PENDING" and reason in _NEVER_MET:
+                reason = f"training {train_state}: the afterok dependency can never be met; cancel it (`hpc-ft cancel`)"
+        if state in ("RUNNING", "COMPLETING"):
+            if nodes is None:
+                nodes = sl.node_states([r.get("NodeList", "") for r in sched.values()
+                                        if r.get("State") in ("RUNNING", "COMPLETING")])
+            sick = sl.node_problem(row.get("NodeList", ""), nodes)
+            if sick:
+                reason = sick
+        failed_before = [p for p in previous if p != "REQUEUED"]  # REQUEUED: hpc-ft's own requeue on the time limit
+        if failed_before and state != "COMPLETED":
+            reason = "; ".join(x for x in (reason, f"requeued after {', '.join(failed_before)}") if x)
+        view[kind] = {"job_id": jobs.get(kind), "state": state, "reason": reason, "previous": previous}
+    return view
+
+
+def _created(row: Dict[str, Any], rec: Dict[str, Any]) -> Optional[str]:
+    if row.get("created"):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))
+    created = rec.get("created")
+    return str(created)[:19].replace("T", " ") if created else None
+
+
+def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     """Where NeMo wrote (exp_manager.exp_dir/name), how many rank folders a checkpoint has, max_steps."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -100,6 +205,9 @@ def _nemo_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         return kw
     except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
         return {}
+
+
+_nemo_kwargs = run_kwargs  # the name hpc_ft.sweep.status imports
 
 
 def is_final(status: Dict[str, Any]) -> bool:
