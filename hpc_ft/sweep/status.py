@@ -19,6 +19,7 @@ from hpc_ft.errors import UserError
 
 PRUNED = "PRUNED"
 CANCELLED_OOM = "CANCELLED_OOM"
+LEFT_QUEUE = "left the queue without running"
 SUCCESS = "COMPLETED"
 _TASK_RANGE = re.compile(r"^(\d+)(?:-(\d+))?(?::\d+)?$")
 
@@ -105,7 +106,7 @@ def array_states(array_job_id: str, tasks: List[int]) -> Dict[int, Dict[str, str
             if bare is not None:
                 by_task[t] = bare
             elif known:
-                by_task[t] = {"State": "CANCELLED", "ExitCode": "", "Reason": "left the queue without running"}
+                by_task[t] = {"State": "CANCELLED", "ExitCode": "", "Reason": LEFT_QUEUE}
             else:
                 by_task[t] = {"State": "", "ExitCode": ""}
     return by_task
@@ -174,6 +175,12 @@ def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict
         oom_task = marker.read_text(encoding="utf-8").strip()
         row.update(state=CANCELLED_OOM, end_cause="CANCELLED", cause=_oom_cause(point, oom_task, by_task))
         return row
+    if sched.get("Reason") == LEFT_QUEUE and (run_dir / "state" / "started").exists():
+        # no record in sacct/squeue at the moment of asking (accounting lags a task that just ran):
+        # the task's own state files say what happened
+        sched = dict(sl.local_state(run_dir, None))
+        if sched["State"] == "FAILED" and not (run_dir / "state" / "exit_code").exists():
+            sched = {"State": "RUNNING", "ExitCode": ""}
     backend = rec.get("backend") or (run or {}).get("backend") or "hf"
     restarts = sched.get("Restarts")
     rs = state_from_run_dir(run_dir, backend, slurm_state=sched.get("State") or None, exit_code=sl.exit_code(sched),
