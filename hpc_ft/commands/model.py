@@ -101,7 +101,7 @@ def cmd_convert(args) -> int:
     from hpc_ft.commands.common import print_launch, registry
     from hpc_ft.compose import compose_job
     from hpc_ft.errors import UserError
-    from hpc_ft.submit.launch import launch_steps
+    from hpc_ft.submit.launch import container_image_problem, launch_steps
 
     spec = compose_job(args.overrides)
     m = spec.model
@@ -124,15 +124,11 @@ def cmd_convert(args) -> int:
     if spec.cluster.container_runtime == "none":
         warnings.append(f"cluster={spec.cluster.name} runs no container: the NeMo converter under /opt/NeMo must exist "
                         "on the node itself (pick a Singularity cluster profile and container=nemo_24.03)")
-    elif not spec.container.image:
-        problems.append("container.image is not set; point it at the NeMo .sif (hpc-ft container build nemo-24.03)")
     else:
-        from hpc_ft.containers.runtime import check_image
-
-        try:
-            check_image(spec.container.image)
-        except UserError as exc:
-            problems.append(str(exc))
+        problem = container_image_problem(
+            spec, "container.image is not set; point it at the NeMo .sif (hpc-ft container build nemo-24.03)")
+        if problem:
+            problems.append(problem)
     if args.dry_run:
         warnings += problems
     elif problems:

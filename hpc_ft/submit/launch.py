@@ -74,6 +74,19 @@ def prepare_data(spec: DictConfig):
     return jc.convert_jglue(d.source, d.dir, seed=d.seed, n_valid=d.n_valid)
 
 
+def container_image_problem(spec: DictConfig, when_unset: str) -> Optional[str]:
+    """What is wrong with container.image (unset, missing, unreadable), or None when it can be used."""
+    if not spec.container.image:
+        return when_unset
+    from hpc_ft.containers.runtime import check_image
+
+    try:
+        check_image(spec.container.image)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def check_inputs(spec: DictConfig, dry_run: bool, notes: List[str]) -> None:
     """Files the job needs that a real submit must not queue without."""
     problems = []
@@ -90,15 +103,10 @@ def check_inputs(spec: DictConfig, dry_run: bool, notes: List[str]) -> None:
                 f"model.hf_path={spec.model.hf_path}: no config.json there. Fetch it first: `hpc-ft model fetch`."
             )
     if spec.cluster.container_runtime != "none":
-        if not spec.container.image:
-            problems.append("container.image: not set but the cluster uses a container. Set container.image=<.sif>.")
-        else:
-            from hpc_ft.containers.runtime import check_image
-
-            try:
-                check_image(spec.container.image)
-            except UserError as exc:
-                problems.append(str(exc))
+        problem = container_image_problem(
+            spec, "container.image: not set but the cluster uses a container. Set container.image=<.sif>.")
+        if problem:
+            problems.append(problem)
     for p in problems:
         if dry_run:
             notes.append(p)
