@@ -65,6 +65,10 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    if spec.task.name != "sft":  # classification, NER, preference: their own steps
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.train_steps(spec, run_dir)
     m, t = spec.model, spec.trainer
     p = paths(run_dir)
     steps_n = max_steps(spec)
@@ -115,6 +119,10 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    if spec.task.name != "sft":
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.eval_steps(spec, run_dir)
     p = tp = paths(run_dir)
     py = python_exe(spec)
     cmd: List[Token] = [

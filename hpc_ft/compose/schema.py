@@ -198,6 +198,12 @@ class SyntheticDataConf:
 
 
 @dataclass
+class DataSplitConf:
+    validation: Optional[float] = None    # carve this fraction of the train file out as the validation split
+    seed: int = 42                        # the split's shuffle seed (recorded in run.json)
+
+
+@dataclass
 class DataConf:
     name: str = MISSING
     source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
@@ -207,8 +213,22 @@ class DataConf:
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
     dir: str = MISSING
     train_file: str = MISSING
-    validation_file: str = MISSING
-    test_file: str = MISSING
+    validation_file: Optional[str] = MISSING  # null: carved out of the train file by data.split.validation
+    test_file: Optional[str] = MISSING
+    format: Optional[str] = None          # jsonl | csv | parquet | conll (null: from the file extension)
+    columns: Dict[str, str] = field(default_factory=dict)  # the task's field -> the column holding it in the files
+    split: DataSplitConf = field(default_factory=DataSplitConf)
+
+
+@dataclass
+class TaskConf:
+    """What is learnt: sft (causal LM on {input, output}), classification, token_classification, preference."""
+
+    name: str = "sft"
+    metric: str = "accuracy"              # the eval's headline metric (status, demo)
+    labels: Optional[List[str]] = None    # a fixed label set (preference: [a, b, tie]); null: collected from train
+    # a sentence/row longer than max_seq_length: split (token_classification) | truncate | refuse
+    overlong: str = "refuse"
 
 
 @dataclass
@@ -230,5 +250,6 @@ class JobSpec:
     model: ModelConf = field(default_factory=ModelConf)
     exp_manager: ExpManagerConf = field(default_factory=ExpManagerConf)
     data: DataConf = field(default_factory=DataConf)
+    task: TaskConf = field(default_factory=TaskConf)
     sweep: SweepConf = field(default_factory=SweepConf)
     secrets: List[str] = field(default_factory=list)

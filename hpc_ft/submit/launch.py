@@ -25,6 +25,7 @@ from hpc_ft.errors import UserError
 from hpc_ft.render import JobScript, Step, render_job_script
 from hpc_ft.render.render import sbatch_options
 from hpc_ft.submit import rundir as rd
+from hpc_ft.tasks.prepare import prepare_task_data
 
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -48,6 +49,8 @@ def timeout_minutes(value: str) -> float:
 def ensure_data(spec: DictConfig, dry_run: bool, notes: List[str]) -> Dict[str, Optional[str]]:
     """Make sure the prepared jsonl files exist; prepare them from data.source when they do not."""
     d = spec.data
+    if spec.task.name != "sft":  # read, checked and written into the run's data/ by hpc_ft.tasks.prepare
+        return {f: rd.file_sha256(f) for f in (d.train_file, d.validation_file, d.test_file) if f and os.path.isfile(f)}
     files = [d.train_file, d.validation_file, d.test_file]
     if not all(os.path.isfile(f) for f in files):
         if dry_run:
@@ -186,11 +189,13 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     notes: List[str] = []
     check_inputs(spec, dry_run, notes)
     with _writable("data.dir", spec.data.dir):
+        task_data = prepare_task_data(spec, dry_run, notes)  # None for sft: its data is the prepared jsonl
         checksums = ensure_data(spec, dry_run, notes)
     run_id = rd.new_run_id()
     with _writable("exp_manager.exp_dir", spec.exp_manager.exp_dir):
         run_dir = rd.make_run_dir(spec, run_id)
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
+    task_record = task_data.write(run_dir / "data") if task_data is not None else None
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
     rd.write_text(run_dir / "job.sbatch", scripts["train"].text, 0o755)
     record: Dict[str, Any] = {
@@ -209,7 +214,7 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
         "eval": bool(with_eval),
         "container": {"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                       "digest": _image_digest(spec, dry_run)},
-        "data": {"files": checksums},
+        "data": {"files": checksums, **({"task": task_record} if task_record else {})},
         "submitted_by": {"user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable},
         "dry_run": dry_run,
         "requeues": 0,
