@@ -51,7 +51,7 @@ def test_task_group_sets_model_data_and_monitor():
 
 
 def test_user_overrides_win_over_the_task_defaults():
-    spec = compose_job(["task=classification", "peft=lora", "model=tiny_llama_preference"])
+    spec = compose_job(["task=classification", "peft=lora", "model=tiny_llama_head"])
     assert spec.model.peft.peft_scheme == "lora" and spec.model.family == "llama"
 
 
