@@ -117,6 +117,10 @@ class TrainDsConf:
     concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 2048
     num_workers: int = 0
+    # NeMo's template syntax, fields in braces, the answer (label_key) last; applies to every split.
+    # null: the format's default (NeMo's "{input} {output}"; alpaca's; the tokenizer's chat template for chat rows)
+    prompt_template: Optional[str] = None
+    label_key: str = "output"
 
 
 @dataclass
@@ -162,6 +166,7 @@ class ModelConf:
     sequence_parallel: bool = False
     activations_checkpoint_granularity: Optional[str] = None  # null | selective | full
     seed: int = 1234
+    answer_only_loss: bool = True        # NeMo's key: the loss on the answer (assistant turns) only
     optim: OptimConf = field(default_factory=OptimConf)
     peft: PeftConf = field(default_factory=PeftConf)
     data: ModelDataConf = field(default_factory=ModelDataConf)
@@ -206,17 +211,22 @@ class DataSplitConf:
 @dataclass
 class DataConf:
     name: str = MISSING
+    preparer: str = "jcommonsenseqa"      # what writes data.dir from data.source: jcommonsenseqa | alpaca
     source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
     seq_len: int = 256                    # padded tokens per sample, for the planner's activation estimate
     seed: int = 42
     n_valid: int = 1000
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
     dir: str = MISSING
+    # sft: auto | nemo | alpaca | chat | sharegpt | columns (hpc_ft.data.formats);
+    # classification/NER/preference: auto (from the extension) | jsonl | csv | parquet | conll (hpc_ft.tasks.rows)
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)   # template (or task) field -> column of the rows
+    prompt_template_no_input: Optional[str] = None  # the template for rows whose `input` is empty
+    chat_template: bool = False           # render with the tokenizer's own chat template (template=chat)
     train_file: str = MISSING
     validation_file: Optional[str] = MISSING  # null: carved out of the train file by data.split.validation
     test_file: Optional[str] = MISSING
-    format: Optional[str] = None          # jsonl | csv | parquet | conll (null: from the file extension)
-    columns: Dict[str, str] = field(default_factory=dict)  # the task's field -> the column holding it in the files
     split: DataSplitConf = field(default_factory=DataSplitConf)
 
 

@@ -230,3 +230,21 @@ def _check_task_keys(spec: DictConfig) -> None:
     if metric not in valid:
         raise UserError(f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: task={t.name} reports "
                         f"{', '.join('val_' + m for m in valid)}.")
+
+
+def task_source_checksums(spec: DictConfig) -> Dict[str, str]:
+    """sha256 of the user's files a task run was prepared from (recorded in run.json)."""
+    d = spec.data
+    return {f: _sha256(Path(f)) for f in (d.train_file, d.validation_file, d.test_file) if f and os.path.isfile(f)}
+
+
+def task_summary(prepared: Optional[PreparedTask]) -> List[str]:
+    """The lines `hpc-ft train` shows about a task's data: rows per split, labels, the split's seed."""
+    if prepared is None:
+        return []
+    rows = ", ".join(f"{name} {len(rows)}" for name, rows in prepared.splits.items())
+    shown = ", ".join(prepared.labels[:12]) + (" ..." if len(prepared.labels) > 12 else "")
+    lines = [f"data ({prepared.task}): {rows} rows; {len(prepared.labels)} labels: {shown}"]
+    if prepared.split:
+        lines.append(f"  validation carved from train: {prepared.split['validation']:.0%} with seed {prepared.split['seed']}")
+    return lines

@@ -1,4 +1,4 @@
-"""Reading a task's data files into plain rows: jsonl/csv/parquet through `datasets`, CoNLL column files, and the `data.columns` mapping.
+"""Reading a task's data files into plain rows: jsonl/csv/parquet through the data layer's reader (`datasets`), CoNLL column files, and the `data.columns` mapping.
 
 Every problem is one `UserError` naming the file (and line where there is one) and a fix.
 """
@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from hpc_ft.errors import UserError
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".conll": "conll",
               ".txt": "conll", ".tsv": "conll", ".iob": "conll", ".iob2": "conll"}
-DATASETS_BUILDER = {"jsonl": "json", "csv": "csv", "parquet": "parquet"}
 DOCSTART = "-DOCSTART-"
 
 
@@ -27,17 +26,21 @@ class Rows:
     format: str
     rows: List[dict]
     lines: List[Optional[int]]
-    notes: List[str] = field(default_factory=list)
+    locate: Optional[Callable[[int], str]] = None  # the reader's own 'file:line' of row i (jsonl, csv)
 
     def where(self, index: int) -> str:
+        if self.locate is not None:
+            return self.locate(index)
         line = self.lines[index] if index < len(self.lines) else None
         return f"{self.path}:{line}" if line is not None else f"{self.path} (row {index + 1})"
 
 
 def file_format(path: str, declared: Optional[str]) -> str:
-    if declared:
+    """data.format for a task's file: jsonl | csv | parquet | conll, or auto (from the extension)."""
+    if declared and declared != "auto":
         if declared not in ("jsonl", "csv", "parquet", "conll"):
-            raise UserError(f"data.format={declared}: not one of jsonl, csv, parquet, conll.")
+            raise UserError(f"data.format={declared}: a classification/NER/preference task reads auto, jsonl, csv, "
+                            "parquet or conll files.")
         return declared
     ext = Path(path).suffix.lower()
     if ext not in EXTENSIONS:
@@ -57,57 +60,14 @@ def read_rows(path: str, fmt: str, key: str) -> Rows:
 
 
 def read_table(path: Path, fmt: str, key: str) -> Rows:
-    """jsonl/csv/parquet through `datasets` (its json, csv and parquet builders), in memory."""
+    """jsonl/csv/parquet through the data layer's reader (`datasets`; a bad line named as file:line)."""
     try:
-        import datasets
+        from hpc_ft.data.files import read_data_file
     except ImportError:
         raise UserError(f"{key}: reading {fmt} needs the `datasets` package; install the hf extra: "
                         "pip install 'hpc-ft[hf]'.") from None
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own error lines would repeat ours
-    try:
-        ds = datasets.load_dataset(DATASETS_BUILDER[fmt], data_files=str(path), split="train", keep_in_memory=True)
-    except Exception as exc:  # noqa: BLE001 - pyarrow/datasets raise many kinds; the innermost says which
-        where = _bad_json_line(path) if fmt == "jsonl" else None
-        if where:
-            raise UserError(f"{path}:{where[0]}: not valid JSON ({where[1]}); fix that line.") from None
-        while exc.__cause__ is not None or exc.__context__ is not None:
-            exc = exc.__cause__ or exc.__context__
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UserError(f"{path}: cannot be read as {fmt} ({first}). Fix the file or set data.format.") from None
-    rows = ds.to_list()
-    if fmt == "jsonl":
-        lines = _jsonl_lines(path, len(rows))
-    elif fmt == "csv":
-        lines = [i + 2 for i in range(len(rows))]  # line 1 is the header (a quoted newline shifts this)
-    else:
-        lines = [None] * len(rows)
-    return Rows(path, fmt, rows, lines)
-
-
-def _bad_json_line(path: Path) -> Optional[tuple]:
-    """(line, reason) of the first line of a jsonl file that is not a JSON object (only read after datasets failed)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                return number, getattr(exc, "msg", str(exc))
-            if not isinstance(value, dict):
-                return number, "not a JSON object"
-    return None
-
-
-def _jsonl_lines(path: Path, n: int) -> List[Optional[int]]:
-    """The line of each row of a jsonl file (blank lines skipped, as the reader skips them)."""
-    out: List[Optional[int]] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                out.append(number)
-    return out if len(out) == n else [None] * n
+    data = read_data_file(path)
+    return Rows(path, fmt, data.rows, [None] * len(data), locate=data.where)
 
 
 def read_conll(path: Path) -> Rows:

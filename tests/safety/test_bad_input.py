@@ -218,6 +218,60 @@ CASES = [
 ]
 
 
+# ---- the job's own data files (model.data.*_ds.file_names): read and rendered before the queue -------------
+def _user_data(d: Path, train: Union[str, bytes, None], *extra: str, name: str = "train.jsonl") -> List[str]:
+    """Overrides naming a train file with this content (None: not created) and a good validation file."""
+    good = '{"input": "質問", "output": "答え"}\n'
+    (d / "valid.jsonl").write_text(good * 2, encoding="utf-8")
+    path = d / name
+    if isinstance(train, bytes):
+        path.write_bytes(train)
+    elif train is not None:
+        path.write_text(train, encoding="utf-8")
+    return [f"model.data.train_ds.file_names=[{_q(path)}]",
+            f"model.data.validation_ds.file_names=[{_q(d / 'valid.jsonl')}]", *extra]
+
+
+_GOOD = '{"input": "質問", "output": "答え"}\n'
+_CHAT = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+
+
+def _data_dir_case(d: Path) -> List[str]:
+    (d / "train.jsonl").mkdir()
+    return _user_data(d, None)
+
+
+DATA_CASES = [
+    Case("data-file-missing", lambda d: _user_data(d, None), ("train.jsonl", "no such file", "file_names")),
+    Case("data-file-is-a-directory", _data_dir_case, ("train.jsonl", "is a directory")),
+    Case("data-file-empty", lambda d: _user_data(d, "\n"), ("train.jsonl", "empty")),
+    Case("data-file-not-utf8", lambda d: _user_data(d, _GOOD.encode() + '{"input": "日本", "output": "x"}\n'.encode("cp932")),
+         ("train.jsonl:2", "not UTF-8", "iconv")),
+    Case("data-file-bad-json-line", lambda d: _user_data(d, _GOOD * 2 + '{"input": "x", "output": \n'),
+         ("train.jsonl:3", "not valid JSON")),
+    Case("data-row-without-answer", lambda d: _user_data(d, _GOOD + '{"input": "x"}\n'), ("train.jsonl:2", "'output'")),
+    Case("data-template-field-missing", lambda d: _user_data(d, _GOOD, "model.data.train_ds.prompt_template='{instruction} {output}'"),
+         ("train.jsonl:1", "{instruction}", "+data.columns.instruction")),
+    Case("data-format-unknown", lambda d: _user_data(d, _GOOD, "data.format=alpacca"),
+         ("data.format=alpacca", "Did you mean 'alpaca'")),
+    Case("data-chat-unknown-role", lambda d: _user_data(d, _CHAT + _CHAT.replace('"user"', '"usr"'), "template=plain"),
+         ("train.jsonl:2", "unknown role 'usr'")),
+    Case("data-chat-no-assistant", lambda d: _user_data(d, '{"messages": [{"role": "user", "content": "a"}]}\n', "template=plain"),
+         ("train.jsonl:1", "no assistant turn")),
+    Case("data-columns-missing-column", lambda d: _user_data(d, '{"q": "a", "a": "b"}\n', "+data.columns.input=q",
+                                                           "+data.columns.output=answer"),
+         ("data.columns.output=answer", "no column 'answer'")),
+    Case("data-split-empty-after-filtering", lambda d: _user_data(d, '{"input": "a", "output": ""}\n'),
+         ("train.jsonl", "empty after filtering")),
+    Case("data-alpaca-instruction-dropped", lambda d: _user_data(d, '{"instruction": "i", "input": "a", "output": "b"}\n',
+                                                               "template=plain"),
+         ("prompt_template", "'instruction'", "dropped")),
+    Case("data-probabilities-per-file", lambda d: _user_data(d, _GOOD, "model.data.train_ds.concat_sampling_probabilities=[0.5,0.5]"),
+         ("concat_sampling_probabilities", "one probability per file")),
+]
+CASES += DATA_CASES
+
+
 # ---- tasks (classification, NER, preference): rows checked at submit --------------------------------
 def _task_files(d: Path, task: str, train: str, valid: str, name: str = "train.jsonl") -> List[str]:
     (d / name).write_text(train, encoding="utf-8")

@@ -15,12 +15,15 @@ from hpc_ft.errors import UserError
 IGNORE_INDEX = -100
 
 
-def read_rows(path: str | Path, argument: str) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{argument} {path}: no such file; the submit step writes it into the run's data/.")
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def read_rows(paths: str | Path | list, argument: str) -> list[dict]:
+    """The prepared rows of one file (or of several, in order): jsonl written at submit by hpc_ft.tasks.prepare."""
+    rows: list[dict] = []
+    for path in map(Path, paths if isinstance(paths, list) else [paths]):
+        if not path.is_file():
+            raise UserError(f"{argument} {path}: no such file; the submit step writes it into the run's data/.")
+        with open(path, encoding="utf-8") as handle:
+            rows.extend(json.loads(line) for line in handle if line.strip())
+    return rows
 
 
 def read_labels(path: str | Path) -> list[str]:
