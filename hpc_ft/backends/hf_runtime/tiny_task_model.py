@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hpc_ft.backends.hf_runtime.tiny_model import portable_tokenizer_config
 from hpc_ft.errors import UserError
 
 BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -104,7 +105,7 @@ def build(train_file: Path, arch: str, output: Path, seed: int = 0, if_missing: 
         model = build_bert(spec, tokenizer)
         info = {"arch": "bert", "spec": asdict(spec)}
     else:
-        from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec, portable_tokenizer_config, train_tokenizer
+        from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec, train_tokenizer
 
         tokenizer = train_tokenizer(texts, TinyModelSpec().vocab_size)
         model = build_llama(tokenizer, seed)
@@ -114,10 +115,7 @@ def build(train_file: Path, arch: str, output: Path, seed: int = 0, if_missing: 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    config = json.loads((staging / "tokenizer_config.json").read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # every transformers version knows it
-    config.pop("backend", None)
-    (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    portable_tokenizer_config(staging / "tokenizer_config.json")
     (staging / "tiny_model.json").write_text(json.dumps({**info, "parameters": n_params, "train_file": str(train_file)},
                                                         indent=2) + "\n", encoding="utf-8")
     umask = os.umask(0)
