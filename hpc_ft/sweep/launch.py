@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpc_ft.errors import UserError
 from hpc_ft.sweep.compose import Point, SpecView, compose_points, with_values
+from hpc_ft.tasks.prepare import task_data_key
 
 POINTS_JSON = "points.json"
 SWEEP_JSON = "sweep.json"
@@ -254,6 +255,7 @@ class _Inputs:
         self.dry_run, self.notes = dry_run, notes
         self._checked: set = set()
         self._data: Dict[Tuple, Dict[str, Optional[str]]] = {}
+        self._task: Dict[Tuple, Any] = {}  # a classification/NER/preference point's checked data (PreparedTask)
         self._digest: Dict[Tuple, Optional[str]] = {}
 
     def check(self, spec: SpecView) -> None:
@@ -266,6 +268,13 @@ class _Inputs:
             check_inputs(spec, self.dry_run, self.notes)
             self._dedupe(before)
             self._checked.add(key)
+        tkey = task_data_key(spec)
+        if tkey is not None and tkey not in self._task:
+            from hpc_ft.tasks.prepare import prepare_task_data
+
+            before = len(self.notes)
+            self._task[tkey] = prepare_task_data(spec, self.dry_run, self.notes)
+            self._dedupe(before)
         d = spec.data
         dkey = (d.dir, d.train_file, d.validation_file, d.test_file, d.source)
         if dkey not in self._data:
@@ -273,6 +282,11 @@ class _Inputs:
             with _writable("data.dir", d.dir):
                 self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
             self._dedupe(before)
+
+    def task_record(self, spec: SpecView, run_dir: Path) -> Dict[str, Any]:
+        """A task point's checked splits and labels written into its run's data/ (run.json's data.task)."""
+        prepared = self._task.get(task_data_key(spec))
+        return {"task": prepared.write(run_dir / "data")} if prepared is not None else {}
 
     def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
         d = spec.data
@@ -371,7 +385,7 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
             "jobs": {}, "job_ids": [], "eval": with_eval,
             "container": {"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                           "digest": inputs.digest(spec)},
-            "data": {"files": inputs.checksums(spec)}, "submitted_by": who, "dry_run": dry_run, "requeues": 0,
+            "data": {"files": inputs.checksums(spec), **inputs.task_record(spec, run_dir)}, "submitted_by": who, "dry_run": dry_run, "requeues": 0,
             "sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "point": pp.point.index, "task": task,
         }
         records[task] = record

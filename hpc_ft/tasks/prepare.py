@@ -248,3 +248,14 @@ def task_summary(prepared: Optional[PreparedTask]) -> List[str]:
     if prepared.split:
         lines.append(f"  validation carved from train: {prepared.split['validation']:.0%} with seed {prepared.split['seed']}")
     return lines
+
+
+def task_data_key(spec) -> Optional[tuple]:
+    """What a task's prepared data depends on (sweep points sharing it are read and checked once); None for sft."""
+    if spec.task.name == "sft":
+        return None
+    d, t = spec.data, spec.task
+    return (t.name, t.overlong, tuple(t.labels or ()), d.source, d.train_file, d.validation_file, d.test_file,
+            d.format, tuple(sorted(as_dict(d.columns).items())), d.split.validation, d.split.seed, d.seed,
+            d.synthetic.n_train, d.synthetic.n_valid, d.synthetic.n_test, bool(spec.eval),
+            int(spec.model.data.train_ds.max_seq_length))
