@@ -235,7 +235,6 @@ class TaskConf:
     """What is learnt: sft (causal LM on {input, output}), classification, token_classification, preference."""
 
     name: str = "sft"
-    metric: str = "accuracy"              # the eval's headline metric (status, demo)
     labels: Optional[List[str]] = None    # a fixed label set (preference: [a, b, tie]); null: collected from train
     # a sentence/row longer than max_seq_length: split (token_classification) | truncate | refuse
     overlong: str = "refuse"

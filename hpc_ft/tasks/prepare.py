@@ -224,6 +224,9 @@ def _check_task_keys(spec: DictConfig) -> None:
         raise UserError(f"task.labels: task={t.name} collects its tags from the train split; drop task.labels.")
     if t.name == "preference" and t.labels and list(t.labels) != list(PREFERENCE_LABELS):
         raise UserError(f"task.labels={list(t.labels)}: the preference task's classes are a, b, tie.")
+    if spec.model.peft.peft_scheme not in ("lora", "none"):
+        raise UserError(f"model.peft.peft_scheme={spec.model.peft.peft_scheme}: task={t.name} trains its head in full "
+                        "with peft=lora or peft=none.")
     es = spec.exp_manager.early_stopping_callback_params
     metric = es.monitor[4:] if es.monitor.startswith("val_") else None
     valid = ("loss",) + task_def(t.name).metrics
