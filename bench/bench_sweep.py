@@ -64,7 +64,7 @@ def bench_grid(title: str, overrides: list, work: Path) -> None:
             shutil.rmtree(work / "cache", ignore_errors=True)
         watch = Stopwatch()
         restore = [
-            (compose_mod, "_hydra_compose", watch.wrap(compose_mod, "_hydra_compose", "hydra compose")),
+            (compose_mod, "hydra_compose", watch.wrap(compose_mod, "hydra_compose", "hydra compose")),
             (sweep_launch, "compose_points", watch.wrap(sweep_launch, "compose_points", "compose+validate")),
             (sweep_launch, "plan_points", watch.wrap(sweep_launch, "plan_points", "plan")),
             (submit_launch, "render_scripts", watch.wrap(submit_launch, "render_scripts", "render job.sbatch")),

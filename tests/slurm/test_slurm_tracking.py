@@ -79,7 +79,7 @@ def test_the_eval_job_of_a_failed_training_is_cancelled_and_reported_so(tiny_wor
 
 DIE_AFTER_SBATCH = """
 import os, sys
-from hpc_ft.submit import executors
+from hpc_ft.executors import slurm as executors
 real = executors.submit_slurm
 def submit_then_die(*args, **kwargs):
     sub = real(*args, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from hpc_ft.submit.rundir import new_run_id, read_run_json, write_run_json
-from hpc_ft.track.reconcile import reconcile
+from hpc_ft.submit.reconcile import reconcile
 from hpc_ft.track.registry import Registry
 from tests.track_cli.helpers import env_with, fake_commands, hpcft, make_run
 
