@@ -11,21 +11,11 @@ from hpc_ft.executors import LIVE_STATES, executor_of
 from hpc_ft.submit.record import RunRecord
 
 
-def run_jobs_of(row: Dict) -> Dict[str, str]:
-    """kind -> job id of a run, from run.json (the registry row's job ids when run.json has none)."""
-    from hpc_ft.submit.rundir import read_run_json
-
-    try:
-        jobs = read_run_json(Path(row["run_dir"])).get("jobs") or {}
-    except (FileNotFoundError, ValueError):
-        jobs = {}
-    if not jobs:
-        jobs = {f"job{i}": j for i, j in enumerate(row.get("job_ids") or [])}
-    return {k: str(v) for k, v in jobs.items()}
-
-
 def cancel_run(row: Dict, registry=None) -> List[str]:
-    done = executor_of(row).cancel(run_jobs_of(row), Path(row["run_dir"]))
+    from hpc_ft.track.status import read_record, run_jobs
+
+    run_dir = Path(row["run_dir"])
+    done = executor_of(row).cancel(run_jobs(row, read_record(run_dir)), run_dir)
     if registry is not None and done and not row.get("unregistered"):
         registry.update_run(row["run_id"], state="CANCELLED")
     return done

@@ -60,7 +60,7 @@ def test_plain_dry_run_prints_the_one_array_script(cli, work_dir):
 
 
 def _dry_launch(work_dir, *overrides, **kw):
-    return launch_sweep([f"work_dir={work_dir}", *overrides], dry_run=True, **kw)
+    return launch_sweep([f"work_dir={work_dir}", *overrides], dry_run=True, out=str(Path(work_dir) / "results"), **kw)
 
 
 def test_each_kept_point_is_an_ordinary_run_directory_rendered_by_the_single_run_path(work_dir):
