@@ -292,15 +292,18 @@ def launch_eval(spec: DictConfig, row: Optional[Dict[str, Any]], *, dry_run: boo
                 out: Optional[str] = None) -> Launch:
     """The eval job alone: in a training run's directory (row given) or in a new run directory."""
     steps = lambda run_dir: get_backend(spec.backend.name).eval_steps(spec, str(run_dir))  # noqa: E731
-    return launch_steps(spec, "eval", steps, row, dry_run=dry_run, registry=registry, out=out)
+    return launch_steps(spec, "eval", steps, row, dry_run=dry_run, registry=registry, out=out,
+                        write_dry_run=bool(out) and row is None)
 
 
 def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str, Any]] = None, *,
                  dry_run: bool = False, registry=None, gpus: Optional[int] = None,
-                 out: Optional[str] = None) -> Launch:
+                 out: Optional[str] = None, write_dry_run: bool = True) -> Launch:
     """One job of `kind` (eval, convert, ...) whose steps `make_steps(run_dir)` returns.
 
     With `row` the job joins that run's directory (and its registry row); otherwise it gets a new run.
+    `write_dry_run`: a dry run still writes its files (`hpc-ft model convert/export --dry-run`); the eval
+    job's dry run writes nothing unless `out` names a folder for its new run folder.
     """
     notes: List[str] = []
     if row is not None:
@@ -321,10 +324,9 @@ def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str
         sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, kind), output=str(run_dir / "logs" / "job.out"),
                               nodes=1, gpus_per_node=gpus, comment=f"hpc-ft:{run_id}"))
     launch = Launch(run_id=run_id, run_dir=run_dir, scripts={kind: script}, notes=notes,
-                    written=not dry_run or bool(out))
-    if dry_run and not (out and row is None):
-        launch.written = False
-        return launch  # a dry run leaves nothing behind (with --out: a new run folder there)
+                    written=not dry_run or write_dry_run)
+    if not launch.written:
+        return launch  # a dry run leaves nothing behind
     if row is None:
         rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
         rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
