@@ -456,7 +456,8 @@ class SlurmExecutor(Executor):
 
     def take_back(self, job_ids: Iterable[str]) -> None:
         """Cancel jobs just submitted (a later submission of the same run was refused); quietly."""
-        call(["scancel", *[str(j) for j in job_ids]], retries=1)
+        if job_ids:
+            call(["scancel", *[str(j) for j in job_ids]], retries=1)
 
     def list_jobs(self, since_days: float) -> List[SchedulerJob]:
         return list_jobs(since_days)

@@ -110,7 +110,7 @@ def _record_run(registry, run_dir: Path, rec: Dict, kind: str, job_id: str, *, s
     if _belongs_elsewhere(registry, rec, job_id):
         return "elsewhere"
     record = RunRecord.from_json(rec)
-    record.run_dir = record.run_dir or str(run_dir)
+    record.run_dir = str(run_dir)  # where the run is now
     changed_json = record.jobs.get(kind) != job_id
     if changed_json:
         record.set_jobs({**record.jobs, kind: job_id})
