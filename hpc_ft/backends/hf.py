@@ -7,54 +7,16 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
+    LORA_TARGETS, PEFT_SCHEMES, eval_interval, lora_targets, max_steps, paths)
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 
-# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
-LORA_TARGETS = {
-    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
-    "attention_dense": ["o_proj"],
-    "mlp_fc1": ["gate_proj", "up_proj"],
-    "mlp_fc2": ["down_proj"],
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
 
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
-
-
-def lora_targets(names) -> List[str]:
-    out: List[str] = []
-    for n in names:
-        for t in LORA_TARGETS.get(n, [n]):
-            if t not in out:
-                out.append(t)
-    return out
-
-
-def eval_interval(spec: DictConfig, max_steps: int) -> int:
-    v = spec.trainer.val_check_interval
-    if isinstance(v, float):
-        return max(1, round(v * max_steps))
-    return int(v)
-
-
-def max_steps(spec: DictConfig) -> int:
-    return int(spec.sweep.steps or spec.trainer.max_steps)
-
-
-def paths(run_dir: str) -> Dict[str, str]:
-    return {
-        "checkpoints": os.path.join(run_dir, "checkpoints"),
-        "events": os.path.join(run_dir, "events.jsonl"),
-        "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
-        "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
-    }
 
 
 def data_args(spec: DictConfig, splits) -> List[Token]:
@@ -148,3 +110,60 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--events", tp["events"],
     ]
     return [Step("eval", in_container(spec, cmd))]
+
+
+class HfBackend:
+    """hf as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to hf's run reader."""
+
+    name = "hf"
+    tasks = ("sft", "classification", "token_classification", "preference")  # the last three: hf_tasks
+    keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
+
+    def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return train_steps(spec, run_dir)
+
+    def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return eval_steps(spec, run_dir)
+
+    def job_env(self, spec: DictConfig) -> Dict[str, str]:
+        return job_env(spec)
+
+    def input_problems(self, spec: DictConfig) -> List[str]:
+        if spec.model.build == "tiny":
+            return []
+        if os.path.isfile(os.path.join(spec.model.hf_path or "", "config.json")):
+            return []
+        return [f"model.hf_path={spec.model.hf_path}: no config.json there. Fetch it first: `hpc-ft model fetch`."]
+
+    def point_values(self, spec, run_dir):
+        return []  # every point writes into its own run directory already
+
+    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, object]:
+        return {}
+
+    def read_events(self, run_dir):
+        from hpc_ft.track.hf_events import read_hf_events
+
+        return read_hf_events(os.path.join(run_dir, "events.jsonl"), run_dir)
+
+    def peak_memory_mb(self, run_dir):
+        """The `end` event's peak_rss_mb (host RSS, summed over ranks), read from the end of events.jsonl."""
+        import json
+
+        try:
+            with open(os.path.join(run_dir, "events.jsonl"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in reversed(tail.splitlines()):
+            if '"end"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("kind") == "end" and isinstance(event.get("peak_rss_mb"), (int, float)):
+                return float(event["peak_rss_mb"])
+        return None

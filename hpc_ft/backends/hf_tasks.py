@@ -10,7 +10,7 @@ from typing import List
 
 from omegaconf import DictConfig
 
-from hpc_ft.backends import hf
+from hpc_ft.backends import hf_layout as hf
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
