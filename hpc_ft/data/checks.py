@@ -18,7 +18,7 @@ from hpc_ft.data.files import file_checksum
 from hpc_ft.data.formats import FORMAT_NAMES
 from hpc_ft.data.lengths import LengthSummary, summarize, token_counter
 from hpc_ft.data.spec import DataOptions, SplitFiles, options_from_spec, splits_from_spec
-from hpc_ft.data.templates import LOSS_CLOSE, LOSS_OPEN, ChatTemplate
+from hpc_ft.data.templates import LOSS_CLOSE, LOSS_OPEN, ChatTemplate, FieldTemplate
 from hpc_ft.errors import UserError, did_you_mean
 
 NEMO_CONVERTED_TEMPLATE = "{input}{output}"   # converted rows hold the rendered prompt in input, the answer in output
@@ -138,7 +138,8 @@ def check_job_data(spec, *, dry_run: bool, notes: List[str], with_test: Optional
     A missing file is refused (in a dry run it is a note). The test split is checked when an eval runs."""
     options = options_from_spec(spec)
     if with_test is None:  # the eval job reads it; else only when it is there (a later `hpc-ft eval` reads it)
-        with_test = bool(spec.eval) or all(Path(f).expanduser().exists() for f in spec.model.data.test_ds.file_names)
+        test_files = list(spec.model.data.test_ds.file_names)
+        with_test = bool(spec.eval) or bool(test_files) and all(Path(f).expanduser().exists() for f in test_files)
     splits = splits_from_spec(spec, ("train", "validation", "test") if with_test else ("train", "validation"))
     _check_keys(spec, options, splits)
     tokenizer = chat_tokenizer(spec)
@@ -168,12 +169,37 @@ def check_job_data(spec, *, dry_run: bool, notes: List[str], with_test: Optional
 
 
 def _lengths(files: List[LoadedFile], counter, limit: int) -> LengthSummary:
+    """Tokens per kept row: a field template's pieces are counted one by one, as NeMo tokenizes them (each
+    distinct value once); a chat template's text whole. Plus BOS and EOS for a field template."""
     lengths: List[int] = []
     for f in files:
-        extra = 0 if f.specials_in_text else 2      # BOS before, EOS after a field template's text
-        texts = [p + a for p, a in zip(f.prompts, f.answers)]
-        lengths += [n + extra for n in counter.count(texts)]
+        if isinstance(f.template, FieldTemplate) and f.values:
+            lengths += _field_lengths(f, counter)
+        else:
+            extra = 0 if f.specials_in_text else 2
+            lengths += [n + extra for n in counter.count([p + a for p, a in zip(f.prompts, f.answers)])]
     return summarize(lengths, limit, counter.unit)
+
+
+def _distinct_counts(counter, texts: List[str]) -> List[int]:
+    distinct = list(dict.fromkeys(texts))
+    sizes = dict(zip(distinct, counter.count(distinct)))
+    return [sizes[t] for t in texts]
+
+
+def _field_lengths(f: LoadedFile, counter) -> List[int]:
+    template, n = f.template, len(f.labels)
+    short = template.uses_short_form(f.values.get("input", [""] * n))
+    fixed = {}
+    for form in set(short):
+        literals, _ = template.pieces(form)
+        fixed[form] = sum(counter.count(literals)) + 2     # + BOS and EOS
+    totals = [fixed[form] for form in short]
+    for name, column in f.values.items():
+        counts = _distinct_counts(counter, column)
+        in_form = {form: name in template.pieces(form)[1] for form in fixed}
+        totals = [t + (c if in_form[form] else 0) for t, c, form in zip(totals, counts, short)]
+    return totals
 
 
 # ---- what the backend reads ----------------------------------------------------------------------------

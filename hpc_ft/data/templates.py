@@ -101,6 +101,17 @@ class FieldTemplate:
     def fields(self) -> set[str]:
         return {name for parts, _ in self._parts.values() for _, name in parts if name}
 
+    def pieces(self, no_input: bool = False) -> tuple[list[str], list[str]]:
+        """(literal texts, field names) of the template, or of its no-input form: NeMo tokenizes them piece by piece."""
+        parts, after = self._parts[self.no_input_text if no_input and self.no_input_text else self.text]
+        return [literal for literal, _ in parts if literal] + ([after] if after else []), [n for _, n in parts if n]
+
+    def uses_short_form(self, inputs: list) -> list[bool]:
+        """Which rows (by their `input`) take the no-input form."""
+        if not self.no_input_text:
+            return [False] * len(inputs)
+        return [not text.strip() for text in inputs]
+
     def _text_for(self, values: Mapping[str, str]) -> str:
         if self.no_input_text and not values.get("input", "").strip():
             return self.no_input_text
