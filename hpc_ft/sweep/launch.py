@@ -271,12 +271,33 @@ class _Inputs:
         if dkey not in self._data:
             before = len(self.notes)
             with _writable("data.dir", d.dir):
-                self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
+                ensure_data(spec, self.dry_run, self.notes)
+            self._data[dkey] = {}
             self._dedupe(before)
+        self._check_rows(spec)
+
+    def _check_rows(self, spec: SpecView) -> None:
+        """hpc_ft.data's submit checks, once per distinct files + data options; nemo sweeps take NeMo rows as they are."""
+        from hpc_ft.data.checks import check_job_data, needs_nemo_conversion
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        key = (spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)), bool(spec.eval))
+        if key in self._data:
+            return
+        before = len(self.notes)
+        report = check_job_data(spec, dry_run=self.dry_run, notes=self.notes)
+        if spec.backend.name == "nemo" and needs_nemo_conversion(report):
+            raise UserError("model.data.train_ds.file_names: a nemo sweep passes NeMo jsonl rows as they are, and these "
+                            "need converting (another format or data.prompt_template_no_input); convert them once with "
+                            "`hpc-ft train ... --dry-run` (its run folder's data/) and sweep over those files.")
+        self._data[key] = report.checksums()
+        self._dedupe(before)
 
     def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
-        d = spec.data
-        return self._data[(d.dir, d.train_file, d.validation_file, d.test_file, d.source)]
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        return self._data[(spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)),
+                           bool(spec.eval))]
 
     def digest(self, spec: SpecView) -> Optional[str]:
         from hpc_ft.submit.launch import _image_digest
@@ -453,7 +474,8 @@ def _tiny_model_note(kept: Sequence[PlannedPoint], executor: str, parallelism: i
                 notes.append(
                     f"model.hf_path={m.hf_path}: the tiny model is not built yet, so the first {parallelism} tasks "
                     "would each build it. Build it once first: `python -m hpc_ft.backends.hf_runtime.tiny_model "
-                    f"--data-dir {p.point.spec.data.dir} --output {m.hf_path} --if-missing` (or sweep.parallelism=1)."
+                    f"--train-file {' '.join(p.point.spec.model.data.train_ds.file_names)} --output {m.hf_path} "
+                    "--if-missing` (or sweep.parallelism=1)."
                 )
             return
 
