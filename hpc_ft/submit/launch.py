@@ -185,7 +185,8 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     run_id = rd.new_run_id()
     with _writable("exp_manager.exp_dir", spec.exp_manager.exp_dir):
         run_dir = rd.make_run_dir(spec, run_id)
-    data_record = backend_data_files(spec, data_report, run_dir)  # nemo: converted jsonl in run_dir/data/
+    data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
+    data_record = data_files.write()
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
     rd.write_text(run_dir / "job.sbatch", scripts["train"].text, 0o755)
