@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
 
         return cmd_sweep_train(args)
     spec = compose_job(args.overrides)
-    warnings = preflight(spec, force=args.force)
+    warnings = preflight(spec, force=args.force, overrides=args.overrides)
     launch = launch_run(spec, args.overrides, dry_run=args.dry_run, with_eval=bool(spec.eval),
                         registry=None if args.dry_run else registry())
     print_launch(launch, warnings, dry_run=args.dry_run, as_json=args.json)

@@ -189,7 +189,7 @@ def _created(row: Dict[str, Any], rec: Dict[str, Any]) -> Optional[str]:
 
 
 def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    """Where NeMo wrote (exp_manager.exp_dir/name), how many rank folders a checkpoint has, max_steps."""
+    """Where NeMo wrote (its exp_dir inside the run directory), how many rank folders a checkpoint has, max_steps."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         return {}
@@ -199,7 +199,12 @@ def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         cfg = OmegaConf.load(cfg_path)
         kw: Dict[str, Any] = {"max_steps": int(cfg.sweep.steps or cfg.trainer.max_steps)}
         if cfg.backend.name == "nemo":
-            kw.update(exp_name=cfg.exp_manager.name, nemo_exp_root=cfg.exp_manager.exp_dir,
+            from hpc_ft.backends.nemo import nemo_exp_dir
+
+            own = nemo_exp_dir(str(run_dir))  # runs rendered before NeMo got a per-run exp_dir wrote to the shared one
+            shared = Path(cfg.exp_manager.exp_dir, cfg.exp_manager.name, "checkpoints")
+            root = cfg.exp_manager.exp_dir if not Path(own).is_dir() and shared.is_dir() else own
+            kw.update(exp_name=cfg.exp_manager.name, nemo_exp_root=root,
                       expected_ranks=int(cfg.model.tensor_model_parallel_size) * int(cfg.model.pipeline_model_parallel_size),
                       mode=cfg.exp_manager.early_stopping_callback_params.mode)
         return kw
@@ -246,6 +251,8 @@ def format_status(st: Dict[str, Any]) -> str:
     if st.get("requeues"):
         lines.append(f"requeues {st['requeues']}")
     lines.append(f"dir      {st['run_dir']}")
+    for note in st.get("notes") or []:
+        lines.append(f"note     {note}")
     if st.get("state") in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL") and st.get("log_tail"):
         lines.append("log tail:")
         lines.extend("  " + ln for ln in str(st["log_tail"]).splitlines()[-15:])
