@@ -126,8 +126,8 @@ def plan_points(points: Sequence[Point], force: bool = False) -> List[PlannedPoi
             pp.per_gpu_gib = round(result.per_gpu_gib, 2) if result.estimate else None
             pp.capacity_gib = round(result.capacity_gib, 2) if result.estimate else None
             pp.reason = "" if result.ok else result.reason
-            pp.kept = result.ok or force
-            pp.forced = not result.ok and force
+            pp.kept = result.ok or (force and not result.violations)  # --force: the memory verdict only
+            pp.forced = not result.ok and pp.kept
             layout_key = repr(req.with_(mbs=1, gbs=1))
         pp.layout = layouts.setdefault(layout_key, len(layouts))
     return out
