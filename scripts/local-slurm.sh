@@ -240,6 +240,7 @@ PKGS=(munge slurm-client slurmctld slurmd slurmdbd slurm-wlm-mysql-plugin mariad
 
 install_packages() {
   local missing=() p
+  [ ${#NS_NODES[@]} -gt 0 ] && PKGS+=(iproute2)   # ip netns / link / addr for the nodes' namespaces
   for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done

@@ -233,3 +233,18 @@ def test_a_lost_node_ends_node_fail_naming_it_and_resume_continues_on_both_nodes
         assert r_ends[0]["digest"] == r_ends[1]["digest"] and r_ends[0]["step"] == MAX_STEPS
     finally:
         subprocess.run(["scancel", *ours], capture_output=True)
+
+
+def test_cluster_check_reports_both_nodes_and_a_probe_job_that_rendezvouses(slurm2, tmp_path):
+    reg = tmp_path / "registry.sqlite"
+    out = json.loads(run_hpcft("cluster", "check", "cluster=slurm_local2", "--probe", "--json", registry=reg).stdout)
+    checks = {c["name"]: c for c in out["checks"]}
+    assert out["ok"] and checks["nodes"]["status"] == "ok", out
+    assert re.search(r"2 usable nodes: node1 \(\w+\), node2 \(\w+\)", checks["nodes"]["detail"]), checks["nodes"]
+    assert checks["rendezvous"]["status"] == "ok" and "2 nodes met at node1:29500: node1 node2" in \
+        checks["rendezvous"]["detail"], checks["rendezvous"]
+    # more nodes than the partition has: said before any job waits for them
+    proc = run_hpcft("cluster", "check", "cluster=slurm_local2", "cluster.nodes=3", "--json", registry=reg, check=False)
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert proc.returncode == 1 and checks["nodes"]["status"] == "fail"
+    assert "cluster.nodes=3: partition multi has 2 usable node(s)" in checks["nodes"]["detail"]
