@@ -13,17 +13,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import REPO, SMALL
+from tests.slurm.conftest import REPO, SMALL, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
 
-HPCFT = Path(sys.executable).parent / "hpc-ft"
 NODES = {"node1", "node2"}
 START = re.compile(r"^\[rank (\d+)/(\d+)\] host (\S+), local rank (\d+), checkpoint writer: (yes|no)$", re.M)
 END = re.compile(r"^\[rank (\d+)/(\d+)\] host (\S+) end at step (\d+): train loss (\S+) \(last logged\), "
@@ -31,15 +29,8 @@ END = re.compile(r"^\[rank (\d+)/(\d+)\] host (\S+) end at step (\d+): train los
 
 
 def run_hpcft(*args, registry: Path, check=True, timeout=600):
-    """`hpc-ft ARGS` by the venv's path with nothing inherited but where Slurm's config is."""
-    env = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/bin:/bin", "HPC_FT_REGISTRY": str(registry),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if os.environ.get("SLURM_CONF"):
-        env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-    proc = subprocess.run([str(HPCFT), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hpc-ft {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    """`hpc-ft ARGS` by the venv's path under `env -i` (conftest.hpcft), with this test's registry."""
+    return hpcft(*args, env=dict(os.environ, HPC_FT_REGISTRY=str(registry)), check=check, timeout=timeout)
 
 
 def train(work, registry, *overrides):
