@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# local-slurm.sh - a REAL single-node Slurm cluster on this machine, for hpc-ft's tests.
+# local-slurm.sh - a REAL Slurm cluster on this machine, for hpc-ft's tests: node localhost, and with
+# --nodes N a partition of N more nodes, each in its own network and UTS namespace.
 #
 # Debian 12 packages (slurm-wlm 22.05), no systemd needed. Node "localhost" with
 # 8 advertised CPUs, 4 fake GPUs (gres/gpu backed by /dev/null links), a large
