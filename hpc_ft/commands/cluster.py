@@ -338,6 +338,9 @@ def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Chec
         _check_test_only(spec, checks)
         if int(c.nodes) > 1:
             _check_multinode(spec, part, probe, probe_timeout, checks)
+        elif probe:
+            checks.append(Check("rendezvous", SKIP, f"--probe: cluster.nodes={c.nodes}, so no job of this profile "
+                                                    "spans nodes; nothing to probe"))
     _check_container(spec, checks)
     _check_modules(spec, checks)
     return checks
