@@ -316,7 +316,7 @@ def _check_modules(spec, checks: list[Check]) -> None:
 def _check_multinode(spec, part: str | None, probe: bool, probe_timeout: int, checks: list[Check]) -> None:
     from hpc_ft.commands.cluster_nodes import check_nodes, check_probe
 
-    checks.extend(Check(*t) for t in check_nodes(spec, part, _run))
+    checks.extend(Check(*t) for t in check_nodes(spec, part))
     if not probe:
         checks.append(Check("rendezvous", SKIP, f"--probe submits a {spec.cluster.nodes}-node job that checks the "
                                                 "nodes reach the rendezvous host"))

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
 USABLE = ("idle", "mixed", "allocated", "completing")
 PROBE_MARK = "hpc-ft probe:"
@@ -35,12 +34,14 @@ def partition_nodes(out: str) -> List[Tuple[str, str]]:
     return list(seen.items())
 
 
-def check_nodes(spec, part: str | None, run: Callable) -> List[CheckTuple]:
+def check_nodes(spec, part: str | None) -> List[CheckTuple]:
     """Enough usable nodes in the partition for cluster.nodes (named, with their states)."""
+    from hpc_ft.executors.slurm import partition_node_states
+
     want = int(spec.cluster.nodes)
     if part is None:
         return [("nodes", "skip", "no usable partition to look at")]
-    rc, out, err = run(["sinfo", "-h", "-N", "-p", part, "-o", "%N %T"])
+    rc, out, err = partition_node_states(part)
     if rc != 0:
         return [("nodes", "fail", f"sinfo -N -p {part} failed: {(err or out).strip().splitlines()[-1:] or ['?']}")]
     nodes = partition_nodes(out)
@@ -79,25 +80,24 @@ def check_probe(spec, timeout_s: int) -> List[CheckTuple]:
     import tempfile
 
     from hpc_ft.backends.launch import RDZV_PORT
+    from hpc_ft.executors.slurm import submit_and_wait
 
     n = int(spec.cluster.nodes)
     with tempfile.TemporaryDirectory(prefix="hpc-ft-cluster-probe-", dir=os.path.expanduser("~")) as tmp:
         folder = Path(tmp)
         path = render_probe(spec, folder, RDZV_PORT)
-        try:
-            proc = subprocess.run(["sbatch", "--parsable", "--wait", str(path)], capture_output=True, text=True,
-                                  timeout=timeout_s, cwd=folder)
-        except subprocess.TimeoutExpired:
+        rc, stdout, stderr = submit_and_wait(path, timeout_s)
+        if rc == 124:
             return [("rendezvous", "fail", f"the {n}-node probe job did not end within {timeout_s} s "
                                            "(still pending? see squeue); raise --probe-timeout")]
-        job = proc.stdout.strip().split(";")[0] or "?"
+        job = stdout.strip().split(";")[0] or "?"
         out = (folder / "probe.out").read_text(errors="replace") if (folder / "probe.out").exists() else ""
     lines = [ln[len(PROBE_MARK):].strip() for ln in out.splitlines() if ln.startswith(PROBE_MARK)]
     met = [ln for ln in lines if ln.startswith(f"{n} nodes met")]
-    if proc.returncode == 0 and met:
+    if rc == 0 and met:
         return [("rendezvous", "ok", f"probe job {job}: {met[0]}")]
-    tail = " | ".join(ln.strip() for ln in (out or proc.stderr).strip().splitlines()[-4:])
-    return [("rendezvous", "fail", f"probe job {job} (exit {proc.returncode}): the nodes did not all meet at the "
+    tail = " | ".join(ln.strip() for ln in (out or stderr).strip().splitlines()[-4:])
+    return [("rendezvous", "fail", f"probe job {job} (exit {rc}): the nodes did not all meet at the "
                                    f"rendezvous host: {tail or '(no output)'}")]
 
 
