@@ -253,15 +253,21 @@ def check_pipeline(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
 
 
 def check_tp_within_node(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
-    """TP crosses nodes when it exceeds the GPUs per node: legal but slow (a warning)."""
+    """The multi-node layout: tensor parallel stays inside a node, data (or pipeline) parallel goes across nodes.
+
+    TP all-reduces activations in every layer, forward and backward; inside a node that traffic stays on
+    NVLink/PCIe, across nodes it crosses the network, which is many times slower. Refused (an error: the
+    job is not submitted unless --force) when TP is larger than a node's share of the job.
+    """
     per_node = min(req.devices, req.gpus_per_node)
     if req.tp > per_node and req.num_nodes > 1:
-        return [_warn(
+        return [_err(
             "tp", req.tp,
-            f"tensor parallel {req.tp} spans nodes ({per_node} GPUs per node): every layer "
-            "all-reduces over the inter-node network",
-            f"keep model.tensor_model_parallel_size <= {per_node} and use "
-            "model.pipeline_model_parallel_size across nodes",
+            f"tensor parallel {req.tp} spans nodes ({per_node} GPUs per node x {req.num_nodes} nodes): every "
+            "layer all-reduces its activations over the inter-node network, many times slower than inside "
+            "a node",
+            f"keep model.tensor_model_parallel_size <= {per_node} (TP inside a node) and let data parallel (or "
+            f"model.pipeline_model_parallel_size) span the {req.num_nodes} nodes; --force submits it anyway",
         )]
     return []
 

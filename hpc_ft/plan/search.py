@@ -38,6 +38,7 @@ _LAYOUT_RULES = (
     rules.check_heads,
     rules.check_pipeline,
     rules.check_backend,
+    rules.check_tp_within_node,
 )
 
 

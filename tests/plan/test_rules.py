@@ -84,12 +84,15 @@ def test_sequence_parallel_needs_tp_above_one(reference):
     assert ("model.sequence_parallel", "warning") not in _by_key(reference.with_(sequence_parallel=True))[0]
 
 
-def test_tp_across_nodes_is_a_warning(reference):
+def test_tp_across_nodes_is_refused_naming_why_and_data_parallel_across_nodes_is_not(reference):
     req = reference.with_(num_nodes=2, devices=4, tp=8, gbs=16)
     keys, found = _by_key(req)
-    v = keys[("model.tensor_model_parallel_size", "warning")]
-    assert "spans nodes" in v.rule and "<= 4" in v.fix
-    assert not [x for x in found if x.severity == "error"]
+    v = keys[("model.tensor_model_parallel_size", "error")]
+    assert "spans nodes (4 GPUs per node x 2 nodes)" in v.rule and "inter-node network" in v.rule
+    assert "<= 4 (TP inside a node)" in v.fix and "data parallel" in v.fix and "--force" in v.fix
+    # TP inside each node, data parallel across the two: no objection
+    inside = _by_key(reference.with_(num_nodes=2, devices=4, tp=4, gbs=16))[0]
+    assert not [k for k in inside if k[0] == "model.tensor_model_parallel_size"]
 
 
 def test_devices_cannot_exceed_the_node(reference):
