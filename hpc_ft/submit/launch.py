@@ -245,34 +245,28 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
         data_report = check_job_data(spec, dry_run=dry_run, notes=notes)  # every row, before anything is queued
     run_id = rd.new_run_id()
     run_dir = run_dir_for(spec, run_id, dry_run, out)
-    writes = not dry_run or bool(out)
-    if writes:
-        with writable("exp_manager.exp_dir", str(run_dir.parent)):
-            rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
-    if data_report is not None:  # nemo: converted jsonl in run_dir/data/ (file_names point there before rendering)
-        data_record = backend_data_files(spec, data_report, run_dir) if writes else {"files": data_report.checksums()}
-    else:  # a task: the checked splits and labels the job reads, in run_dir/data/
-        data_record = {"files": task_source_checksums(spec)}
-        if task_data is not None and writes:
-            data_record["task"] = task_data.write(run_dir / "data")
-    try:
-        scripts = render_scripts(spec, run_dir, run_id, with_eval)
-    except UserError:
-        if writes:
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)  # a refused submit leaves nothing behind
-        raise
+    data_files = None
+    if data_report is not None:
+        data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
+    scripts = render_scripts(spec, run_dir, run_id, with_eval)
+    # a task: the user's files' checksums, then (below) the checked splits and labels the job reads, in run_dir/data/
+    data = data_files.record if data_files is not None else {"files": task_source_checksums(spec)}
     record = new_record(
         spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
-        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data_record,
+        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data,
         container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                    "digest": image_digest(spec, dry_run)},
         registry=str(registry.path) if registry is not None else None)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=writes,
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out),
                     data_summary=data_report.summary_lines() if data_report is not None else task_summary(task_data))
-    if not writes:
+    if dry_run and not out:
         return launch  # a dry run leaves nothing behind
+    with writable("exp_manager.exp_dir", str(run_dir.parent)):
+        rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
+    if data_files is not None:
+        data_files.write()  # the converted files (their sha256 into the record)
+    elif task_data is not None:
+        data["task"] = task_data.write(run_dir / "data")
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     paths: Dict[str, Path] = {}
     for kind, script in scripts.items():

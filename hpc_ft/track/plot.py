@@ -4,7 +4,7 @@ or a sweep's throughput per point. matplotlib is imported only here (the `plot` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from hpc_ft.errors import UserError
 
@@ -50,6 +50,19 @@ def metric_curve(row: Dict, monitor: str) -> List[Tuple[int, float]]:
     return sorted(points.items())
 
 
+def best_marker(st: Dict, val: List[Tuple[int, float]]) -> Optional[Tuple[int, float]]:
+    """(step, val loss) of the best checkpoint as `status` decided it (RunState.best_checkpoint), or None."""
+    from hpc_ft.track.run_state import checkpoint_step
+
+    step = checkpoint_step(st.get("best_checkpoint"))
+    if step is None:
+        return None
+    value = st.get("best_val_loss")
+    if value is None:
+        value = dict(val).get(step)
+    return None if value is None else (step, float(value))
+
+
 def plot_run(row: Dict, output: str) -> Path:
     train, val, st = run_curves(row)
     if not train and not val:
@@ -62,9 +75,10 @@ def plot_run(row: Dict, output: str) -> Path:
     if val:
         ax.plot(*zip(*val), "o-", label="val loss", color="tab:orange")
         if not scores:
-            best = min(val, key=lambda p: p[1])
-            ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
-                       label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
+            best = best_marker(st, val)
+            if best is not None:
+                ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
+                           label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
     if scores:  # a task's monitored metric on its own axis; the best checkpoint is its best
         ax2 = ax.twinx()
         ax2.plot(*zip(*scores), "s-", color="tab:purple", label=st["monitor"])

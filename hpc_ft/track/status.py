@@ -207,7 +207,7 @@ def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         if OmegaConf.select(cfg, "task.name", default="sft") != "sft":  # a task's own metric drives the best checkpoint
             es = cfg.exp_manager.early_stopping_callback_params
             kw.update(monitor=es.monitor, monitor_mode=es.mode)
-        kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg))  # where the backend's logs and checkpoints are
+        kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg, run_dir))  # where the backend's logs and checkpoints are
         return kw
     except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
         return {}
@@ -303,6 +303,8 @@ def format_status(st: Dict[str, Any]) -> str:
     if st.get("requeues"):
         lines.append(f"requeues {st['requeues']}")
     lines.append(f"dir      {st['run_dir']}")
+    for note in st.get("notes") or []:
+        lines.append(f"note     {note}")
     if st.get("state") in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL") and st.get("log_tail"):
         lines.append("log tail:")
         lines.extend("  " + ln for ln in str(st["log_tail"]).splitlines()[-15:])

@@ -265,6 +265,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         return collator(features)
 
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    if world_size > 1:  # each rank says where it ran and what it ended with (multi-node checks read it)
+        from hpc_ft.backends.hf_runtime.ranks import RankReport
+
+        callbacks.append(RankReport(world_size))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
