@@ -5,35 +5,61 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from hpc_ft.backends import keys
+from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.errors import UserError, did_you_mean
+from hpc_ft.models.family import job_family
+from hpc_ft.plan.arch import FAMILIES
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 
-# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
-LORA_TARGETS = {
-    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
-    "attention_dense": ["o_proj"],
-    "mlp_fc1": ["gate_proj", "up_proj"],
-    "mlp_fc2": ["down_proj"],
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+# NeMo's LoRA target names -> the roles (see hpc_ft.plan.arch) of the linear layers they cover. The
+# family's row in hpc_ft.plan.arch.FAMILIES names the transformers module of each role, so a NeMo
+# name, `all` or `all-linear` means the same layers on every family; module names pass through.
+NEMO_TARGET_ROLES = {
+    "attention_qkv": ("q", "k", "v", "qkv"),
+    "attention_dense": ("o",),
+    "mlp_fc1": ("gate", "up", "fc1"),
+    "mlp_fc2": ("down",),
+    "attention": ("q", "k", "v", "qkv", "o"),
+    "mlp": ("gate", "up", "fc1", "down"),
 }
+ALL_LINEAR = ("all", "all-linear", "all_linear")
 PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
 
+NEMO_FINETUNE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
+NEMO_GENERATE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
 
 
-def lora_targets(names) -> List[str]:
+def lora_names(family: str) -> List[str]:
+    """Every LoRA target name that works for a family: NeMo's names, `all`/`all-linear`, its module names."""
+    return list(NEMO_TARGET_ROLES) + list(ALL_LINEAR) + list(FAMILIES[family].hf_modules)
+
+
+def lora_targets(names, family: str = "llama") -> List[str]:
+    """The transformers module names that LoRA adapts in a model of `family`, for NeMo or HF target names."""
+    modules = FAMILIES[family].hf_modules
     out: List[str] = []
-    for n in names:
-        for t in LORA_TARGETS.get(n, [n]):
-            if t not in out:
-                out.append(t)
+    for raw in names:
+        name = str(raw).strip()
+        if name in ALL_LINEAR:
+            picked = list(modules)
+        elif name in NEMO_TARGET_ROLES:
+            picked = [m for m, role in modules.items() if role in NEMO_TARGET_ROLES[name]]
+        elif name in modules:
+            picked = [name]
+        else:
+            raise UserError(
+                f"model.peft.lora_tuning.target_modules: {name!r} names no layer of a {family} model."
+                f"{did_you_mean(name, lora_names(family))} Names that work for {family}: {', '.join(lora_names(family))}."
+            )
+        out += [m for m in picked if m not in out]
     return out
 
 
@@ -54,6 +80,7 @@ def paths(run_dir: str) -> Dict[str, str]:
         "events": os.path.join(run_dir, "events.jsonl"),
         "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
         "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
+        "tensorboard": os.path.join(run_dir, "logs", "tensorboard"),
     }
 
 
@@ -61,10 +88,77 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if spec.backend.threads:
         env["OMP_NUM_THREADS"] = str(spec.backend.threads)
+    env.update({str(k): str(v) for k, v in spec.backend.env.items()})
     return env
 
 
+#: model.optim / sched values the hf runtime uses where a key is null (NeMo's own defaults differ: see nemo.py)
+HF_OPTIM_DEFAULTS = {"weight_decay": 0.0, "betas": [0.9, 0.999], "sched.name": "linear", "sched.warmup_steps": 0,
+                     "sched.min_lr": 0.0}
+NEMO_ONLY = "Use backend=nemo for it, or leave it at its default."
+REFUSED: List[Rule] = [
+    ("model.megatron_amp_O2", bool, "The base weights follow trainer.precision (16-bit for 16/bf16 with LoRA). " + NEMO_ONLY),
+    ("model.mcore_gpt", lambda v: v is False, NEMO_ONLY),
+    ("model.sequence_parallel", bool, NEMO_ONLY),
+    ("model.activations_checkpoint_granularity", lambda v: v == "selective",
+     "It recomputes whole layers (gradient checkpointing): set model.activations_checkpoint_granularity=full."),
+    ("model.peft.restore_from_path", lambda v: v is not None, "Start LoRA afresh, or use backend=nemo for a PEFT .nemo."),
+    ("model.peft.p_tuning.virtual_tokens", lambda v: v != 10, NEMO_ONLY),
+    ("model.peft.p_tuning.bottleneck_dim", lambda v: v != 1024, NEMO_ONLY),
+    ("model.peft.p_tuning.embedding_dim", lambda v: v != 1024, NEMO_ONLY),
+    ("model.data.validation_ds.metric.name", lambda v: v != "loss",
+     "It validates by loss: set model.data.validation_ds.metric.name=loss."),
+    ("backend.finetune_script", lambda v: v != NEMO_FINETUNE, NEMO_ONLY),
+    ("backend.generate_script", lambda v: v != NEMO_GENERATE, NEMO_ONLY),
+    ("backend.convert_script", lambda v: v is not None, "`hpc-ft model convert` is for the nemo backend."),
+    ("backend.extra_overrides", lambda v: len(v) > 0, "They are NeMo Hydra overrides. " + NEMO_ONLY),
+    ("backend.generate_max_new_tokens", lambda v: v is not None,
+     "Set model.data.test_ds.tokens_to_generate instead (both backends read it)."),
+]
+
+
+def optim_value(spec: DictConfig, key: str):
+    value = OmegaConf.select(spec.model.optim, key)
+    return HF_OPTIM_DEFAULTS[key] if value is None else value
+
+
+def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
+    """The train arguments that carry optimizer, schedule, stopping, checkpoint and logging keys."""
+    m, t, e = spec.model, spec.trainer, spec.exp_manager
+    es = e.early_stopping_callback_params
+    if m.data.validation_ds.num_workers != m.data.train_ds.num_workers:
+        raise UserError(
+            f"model.data.validation_ds.num_workers={m.data.validation_ds.num_workers}: the hf backend loads train and "
+            f"validation with one worker count; set it equal to model.data.train_ds.num_workers ({m.data.train_ds.num_workers})."
+        )
+    if es.monitor not in ("val_loss", "validation_loss"):
+        raise UserError(
+            f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: the hf backend validates by loss; "
+            "monitor val_loss."
+        )
+    args: List[Token] = [
+        "--optim", m.optim.name,
+        "--weight-decay", optim_value(spec, "weight_decay"),
+        "--betas", ",".join(str(b) for b in optim_value(spec, "betas")),
+        "--lr-scheduler", optim_value(spec, "sched.name"),
+        "--warmup-steps", optim_value(spec, "sched.warmup_steps"),
+        "--min-lr", optim_value(spec, "sched.min_lr"),
+        "--grad-clip", t.gradient_clip_val,
+        "--max-epochs", t.max_epochs,
+        "--log-every", t.log_every_n_steps,
+        "--save-top-k", e.checkpoint_callback_params.save_top_k,
+        "--monitor", "val_loss",
+        "--mode", es.mode,
+        "--num-workers", m.data.train_ds.num_workers,
+        "--tensorboard-dir", paths(run_dir)["tensorboard"],
+    ]
+    if m.activations_checkpoint_granularity == "full":
+        args.append("--gradient-checkpointing")
+    return args
+
+
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    keys.refuse(spec, "hf", REFUSED)
     m, t = spec.model, spec.trainer
     p = paths(run_dir)
     steps_n = max_steps(spec)
@@ -72,11 +166,14 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     py = python_exe(spec)
     steps: List[Step] = []
     if m.build == "tiny":
+        build: List[Token] = [py, "-m", TINY_MODULE, "--data-dir", spec.data.dir, "--output", m.hf_path,
+                              "--if-missing", "--seed", m.seed, "--family", job_family(spec)]
+        if m.build_chat_template:
+            build += ["--chat-template", m.build_chat_template]
         steps.append(
             Step(
                 "build-model",
-                in_container(spec, [py, "-m", TINY_MODULE, "--data-dir", spec.data.dir, "--output", m.hf_path,
-                                    "--if-missing", "--seed", m.seed], gpus=False),
+                in_container(spec, build, gpus=False),
                 skip_if_exists=os.path.join(m.hf_path, "config.json"),
             )
         )
@@ -88,7 +185,8 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--events", p["events"],
         "--max-steps", steps_n,
         "--eval-steps", eval_interval(spec, steps_n),
-        "--patience", spec.exp_manager.early_stopping_callback_params.patience,
+        "--patience", spec.exp_manager.early_stopping_callback_params.patience
+        if spec.exp_manager.create_early_stopping_callback else 0,
         "--min-delta", spec.exp_manager.early_stopping_callback_params.min_delta,
         "--micro-batch-size", m.micro_batch_size,
         "--global-batch-size", m.global_batch_size,
@@ -97,12 +195,13 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--lora-r", m.peft.lora_tuning.adapter_dim,
         "--lora-alpha", m.peft.lora_tuning.alpha,
         "--lora-dropout", m.peft.lora_tuning.adapter_dropout,
-        "--lora-targets", ",".join(lora_targets(m.peft.lora_tuning.target_modules)),
+        "--lora-targets", ",".join(lora_targets(m.peft.lora_tuning.target_modules, job_family(spec))),
         "--precision", str(t.precision),
         "--max-seq-length", m.data.train_ds.max_seq_length,
         "--seed", m.seed,
-        "--resume", "auto",
+        "--resume", "auto" if spec.exp_manager.resume_if_exists else "never",
     ]
+    args += runtime_keys(spec, run_dir)
     if spec.backend.threads:
         args += ["--threads", spec.backend.threads]
     if t.devices * t.num_nodes > 1:
@@ -115,6 +214,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    keys.refuse(spec, "hf", REFUSED)
     p = tp = paths(run_dir)
     py = python_exe(spec)
     cmd: List[Token] = [
@@ -124,7 +224,8 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--test-file", spec.data.test_file,
         "--output", p["predictions"],
         "--base-output", p["base_predictions"],
-        "--max-new-tokens", spec.backend.generate_max_new_tokens,
+        "--max-new-tokens", spec.model.data.test_ds.tokens_to_generate,
+        "--batch-size", spec.model.data.test_ds.micro_batch_size,
         "--events", tp["events"],
     ]
     return [Step("eval", in_container(spec, cmd))]
