@@ -19,6 +19,8 @@ OUTSIDE_THE_JOB = {
     "cluster.name": "a label: run.json and `hpc-ft runs` show it",
     "cluster.nodes": "the site's node count, checked against trainer.num_nodes at submit",
     "cluster.gpu.model": "the planner's GPU (memory fit at submit)",
+    "container.name": "a label of the container preset",
+    "container.digest": "checked against the image at submit and recorded in run.json",
     "model.repo_id": "`hpc-ft model fetch` downloads it",
     "model.revision": "`hpc-ft model fetch` pins it",
     "model.hf_config": "the planner's architecture source at submit",
@@ -30,17 +32,54 @@ OUTSIDE_THE_JOB = {
     "data.synthetic.n_valid": "the data preparation at submit",
     "data.synthetic.n_test": "the data preparation at submit",
     "sweep.parallelism": "a sweep's array throttle (%N), not one job",
-    "container.name": "a label of the container preset",
-    "container.digest": "checked against the image at submit and recorded in run.json",
+    "cluster.gpu.per_node": "the cluster's GPUs per node: checks trainer.devices and the planner at submit",
+}
+#: ... and per backend
+OUTSIDE_THE_BACKEND = {
+    "hf": {
+        "model.restore_from_path": "the nemo backend's base .nemo (`hpc-ft model convert` writes it)",
+        "model.data.test_ds.global_batch_size": "NeMo's generation batch over ranks; hf generates in one process "
+                                                "in batches of model.data.test_ds.micro_batch_size",
+        "model.data.test_ds.names": "names NeMo's prediction files; hf writes predictions/test_predictions.jsonl",
+    },
+    "nemo": {},
 }
 
-#: Keys read only in some configurations: (key prefix, when it is read).
+
+#: Keys read only in some configurations: (key or key prefix, when it is read).
 CONDITIONAL = {
     "model.peft.lora_tuning.": "model.peft.peft_scheme is lora or qlora",
-    "model.peft.p_tuning.": "model.peft.peft_scheme is ptuning (nemo backend)",
+    "model.peft.p_tuning.": "model.peft.peft_scheme is ptuning (nemo backend; hf refuses them)",
     "model.data.validation_ds.tokens_to_generate": "model.data.validation_ds.metric.name is not loss "
                                                    "(NeMo generates at validation only then)",
+    "container.": "cluster.container_runtime is not none (else the job runs in no container)",
+    "cluster.binds": "cluster.container_runtime is not none",
+    "secrets": "cluster.container_runtime is not none (without a container the job inherits the environment)",
 }
+
+
+def outside_the_job(backend: str) -> dict:
+    return {**OUTSIDE_THE_JOB, **OUTSIDE_THE_BACKEND[backend]}
+
+
+def read_here(key: str, spec: DictConfig) -> bool:
+    """False for a key that this configuration does not read at all (see :data:`CONDITIONAL`)."""
+    scheme = spec.model.peft.peft_scheme
+    if key.startswith("model.peft.lora_tuning."):
+        return scheme in ("lora", "qlora")
+    if key.startswith("model.peft.p_tuning."):
+        return scheme == "ptuning" or spec.backend.name == "hf"  # hf refuses them whatever the scheme
+    if key == "model.data.validation_ds.tokens_to_generate":
+        return spec.model.data.validation_ds.metric.name != "loss"
+    if key.startswith("container.") or key in ("cluster.binds", "secrets"):
+        return spec.cluster.container_runtime != "none"
+    return True
+
+
+def cluster_env(spec: DictConfig) -> dict:
+    """Environment every backend's job gets from cluster keys: cluster.scratch becomes TMPDIR."""
+    return {"TMPDIR": str(spec.cluster.scratch)} if spec.cluster.scratch else {}
+
 
 #: (key, is it set away from what the backend can do?, fix)
 Rule = Tuple[str, Callable[[Any], bool], str]
@@ -53,3 +92,17 @@ def refuse(spec: DictConfig, backend: str, rules: Iterable[Rule]) -> None:
         if bad(value):
             shown = list(value) if OmegaConf.is_list(value) else value
             raise UserError(f"{key}={shown}: the {backend} backend does not use this key. {fix}")
+
+
+def refuse_family(spec: DictConfig, family: str, known, what: str) -> None:
+    """One line when the job's model family has no `what` here, naming where the family came from."""
+    if family in known:
+        return
+    from hpc_ft.models.family import checkpoint_config
+
+    source = checkpoint_config(spec)
+    where = f"{source}: model_type" if source else "model.family"
+    raise UserError(
+        f"{where}={family}: NeMo 1.x has no {what} for this family (it has for {', '.join(known)}). "
+        "Train it with backend=hf, or convert it yourself and set model.restore_from_path=<.nemo>."
+    )

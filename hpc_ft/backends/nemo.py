@@ -76,6 +76,7 @@ def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
 NEMO_DEFAULTS = {
     "trainer.log_every_n_steps": 10,
     "model.seed": 1234,
+    "model.sequence_parallel": False,
     "model.optim.name": "fused_adam",
     "model.data.train_ds.max_seq_length": 2048,
     "exp_manager.resume_if_exists": True,
@@ -160,7 +161,7 @@ def _render(overrides: List[Tuple[str, Any]], extra) -> List[str]:
 
 
 def job_env(spec: DictConfig) -> Dict[str, str]:
-    return {str(k): str(v) for k, v in spec.backend.env.items()}
+    return {**keys.cluster_env(spec), **{str(k): str(v) for k, v in spec.backend.env.items()}}
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
@@ -184,7 +185,11 @@ def convert_steps(spec: DictConfig) -> List[Step]:
     from hpc_ft.models.convert import hf_to_nemo_argv
     from hpc_ft.models.family import job_family
 
-    argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=job_family(spec), precision=None)
+    from hpc_ft.models.convert import FAMILIES
+
+    family = job_family(spec)
+    keys.refuse_family(spec, family, FAMILIES, "HF-to-NeMo converter")
+    argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=family, precision=None)
     if spec.backend.convert_script:
         argv[1] = str(spec.backend.convert_script)
     return [Step("convert", in_container(spec, argv, gpus=False))]

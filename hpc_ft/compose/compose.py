@@ -313,6 +313,20 @@ def compose_job(overrides: Iterable[str] = (), work_dir: Optional[str] = None) -
     return spec
 
 
+def composed_config(overrides: Iterable[str] = ()) -> DictConfig:
+    """Hydra's composed config, not yet typed or resolved (for callers that vary it in memory)."""
+    return _hydra_compose(_normalise_overrides(list(overrides)))
+
+
+def job_from_config(cfg: DictConfig, work_dir: Optional[str] = None) -> DictConfig:
+    """The JobSpec of a composed config: type-checked, resolved, range-checked (compose_job's second half)."""
+    from hpc_ft.compose.checks import check_spec
+
+    spec = _to_spec(cfg, work_dir)
+    check_spec(spec)
+    return spec
+
+
 def sweep_points(overrides: Sequence[str]) -> List[List[str]]:
     """Expand Hydra multirun overrides (a=1,2  range()  choice()) into one override list per point."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -236,10 +236,19 @@ def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
         ddp_find_unused_parameters=False if world_size > 1 else None,
         dataloader_num_workers=args.num_workers,
         remove_unused_columns=False,
-        report_to=["tensorboard"] if args.tensorboard_dir else "none",
-        logging_dir=args.tensorboard_dir,
+        report_to="none",  # TensorBoard: the callback that _train adds with its own writer
         disable_tqdm=True,
     )
+
+
+def tensorboard_callback(log_dir: str):
+    """transformers' TensorBoard reporting (train/loss, eval/loss, train/learning_rate, ...) through torch's
+    SummaryWriter into `log_dir`, whatever this transformers version does with its logging dir."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))
 
 
 def steps_per_epoch(n_rows: int, world_size: int, micro_batch_size: int, grad_accum: int) -> int:
@@ -343,6 +352,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
     if args.save_top_k != -1:
         callbacks.append(KeepTopK(args.save_top_k, MONITORED[args.monitor], args.mode == "max", is_main))
+    if args.tensorboard_dir and is_main:
+        callbacks.append(tensorboard_callback(args.tensorboard_dir))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
