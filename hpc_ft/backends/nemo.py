@@ -7,6 +7,7 @@ adds NeMo keys that hpc-ft does not model (passed verbatim, e.g. `++model.mcore_
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -68,7 +69,28 @@ def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
         ("model.data.train_ds.num_workers", d.train_ds.num_workers),
         ("model.data.validation_ds.num_workers", d.validation_ds.num_workers),
         ("model.optim.lr", m.optim.lr),
-    ]
+    ] + data_overrides(spec, "train_ds")
+
+
+def hydra_string(value: str) -> str:
+    """A Hydra override value that NeMo parses back to exactly `value` (single-quoted; braces stay literal)."""
+    out = re.sub(r"(\\*)'", lambda mt: mt.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda mt: mt.group(1) * 2, out) + "'"
+
+
+def data_overrides(spec: DictConfig, split: str) -> List[Tuple[str, Any]]:
+    """The template and loss keys, only where they differ from NeMo's defaults (the tutorial's lines stay as they are).
+
+    NeMo's validation_ds/test_ds interpolate prompt_template and label_key from train_ds; the generate
+    script has its own test_ds defaults, so eval names them on test_ds."""
+    ds, out = spec.model.data.train_ds, []
+    if ds.prompt_template is not None and ds.prompt_template != "{input} {output}":
+        out.append((f"model.data.{split}.prompt_template", hydra_string(ds.prompt_template)))
+    if ds.label_key != "output":
+        out.append((f"model.data.{split}.label_key", ds.label_key))
+    if split == "train_ds" and not spec.model.answer_only_loss:
+        out.append(("model.answer_only_loss", False))
+    return out
 
 
 #: NeMo 24.03's own values of keys the tutorial does not pass (reference nemo.md §1): such a key is
@@ -144,7 +166,7 @@ def eval_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
         ("inference.greedy", True),
         ("model.data.test_ds.output_file_path_prefix", predictions_prefix(spec, run_dir)),
         ("model.data.test_ds.write_predictions_to_file", True),
-    ]
+    ] + data_overrides(spec, "test_ds")
 
 
 def predictions_prefix(spec: DictConfig, run_dir: str) -> str:
