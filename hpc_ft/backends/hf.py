@@ -183,6 +183,11 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     scheme = m.peft.peft_scheme
     py = python_exe(spec)
     steps: List[Step] = []
+    if spec.data.chat_template and m.build == "tiny" and not m.build_chat_template:
+        raise UserError(
+            "data.chat_template=true (template=chat): the tiny model this job builds gets no chat template; "
+            "set model.build_chat_template=llama2 (or model=tiny_llama_chat)."
+        )
     if m.build == "tiny":
         build: List[Token] = [py, "-m", TINY_MODULE, *tiny_model_data_args(spec), "--output", m.hf_path,
                               "--if-missing", "--seed", m.seed, "--family", job_family(spec)]

@@ -25,6 +25,7 @@ OUTSIDE_THE_JOB = {
     "model.revision": "`hpc-ft model fetch` pins it",
     "model.hf_config": "the planner's architecture source at submit",
     "data.seq_len": "the planner's padded length at submit",
+    "data.preparer": "the data preparation at submit",
     "data.source": "the data preparation at submit (the files it writes are checksummed into run.json)",
     "data.seed": "the data preparation at submit",
     "data.n_valid": "the data preparation at submit",
@@ -41,8 +42,14 @@ OUTSIDE_THE_BACKEND = {
         "model.data.test_ds.global_batch_size": "NeMo's generation batch over ranks; hf generates in one process "
                                                 "in batches of model.data.test_ds.micro_batch_size",
         "model.data.test_ds.names": "names NeMo's prediction files; hf writes predictions/test_predictions.jsonl",
+        "data.name": "a label (NeMo's prediction file names come from it)",
     },
-    "nemo": {},
+    "nemo": {
+        "data.format": "the rows are converted at submit into NeMo jsonl in the run folder (checksummed in run.json)",
+        "data.columns": "the rows are converted at submit into NeMo jsonl in the run folder",
+        "data.prompt_template_no_input": "the rows are converted at submit into NeMo jsonl in the run folder",
+        "data.chat_template": "refused at submit by the data checks (NeMo 24.03 has no chat template path)",
+    },
 }
 
 

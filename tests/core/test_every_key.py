@@ -75,17 +75,18 @@ OTHER = {
     "exp_manager.early_stopping_callback_params.mode": "max",
     "data.source": None,
     "data.name": "other-set",
+    "data.columns": {"input": "question"},
+    "data.format": "nemo",
+    "data.preparer": "alpaca",
+    "model.data.train_ds.prompt_template": "Q: {input}\nA: {output}",
+    "data.prompt_template_no_input": "Q: {instruction}\nA: {output}",
     "secrets": ["HF_TOKEN", "MY_SECRET"],
     "sweep.steps": 7,
     "backend.name": None,  # switching the backend is the table's other column
 }
 # work_dir: each walk sets its own; the other value is a sibling folder
 OTHER["work_dir"] = "/tmp/hpc-ft-other-work-dir"
-# model.data.*.file_names and data.name: #12 section 1 (the data helper's branch makes file_names the
-# source of truth on both backends); walked once that lands
-PENDING_DATA = {"model.data.train_ds.file_names", "model.data.train_ds.concat_sampling_probabilities",
-                "model.data.validation_ds.file_names", "model.data.test_ds.file_names", "data.name"}
-SKIP = {"backend.name"} | PENDING_DATA
+SKIP = {"backend.name"}
 
 
 def leaves(node, prefix=""):
