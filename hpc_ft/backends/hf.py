@@ -109,6 +109,9 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 #: model.optim / sched values the hf runtime uses where a key is null (NeMo's own defaults differ: see nemo.py)
 HF_OPTIM_DEFAULTS = {"weight_decay": 0.0, "betas": [0.9, 0.999], "sched.name": "linear", "sched.warmup_steps": 0,
                      "sched.min_lr": 0.0}
+#: exp_manager.early_stopping_callback_params.monitor (NeMo's names) -> the hf runtime's --monitor
+HF_MONITORS = {"val_loss": "val_loss", "validation_loss": "val_loss",
+               "validation_exact_string_match": "validation_exact_string_match"}
 NEMO_ONLY = "Use backend=nemo for it, or leave it at its default."
 REFUSED: List[Rule] = [
     ("model.megatron_amp_O2", bool, "The base weights follow trainer.precision (16-bit for 16/bf16 with LoRA). " + NEMO_ONLY),
@@ -124,8 +127,8 @@ REFUSED: List[Rule] = [
     ("model.peft.p_tuning.virtual_tokens", lambda v: v != 10, NEMO_ONLY),
     ("model.peft.p_tuning.bottleneck_dim", lambda v: v != 1024, NEMO_ONLY),
     ("model.peft.p_tuning.embedding_dim", lambda v: v != 1024, NEMO_ONLY),
-    ("model.data.validation_ds.metric.name", lambda v: v != "loss",
-     "It validates by loss: set model.data.validation_ds.metric.name=loss."),
+    ("model.data.validation_ds.metric.name", lambda v: v not in ("loss", "exact_string_match"),
+     "It validates by loss, or by exact_string_match of generated answers."),
     ("backend.finetune_script", lambda v: v != NEMO_FINETUNE, NEMO_ONLY),
     ("backend.generate_script", lambda v: v != NEMO_GENERATE, NEMO_ONLY),
     ("backend.convert_script", lambda v: v is not None, "`hpc-ft model convert` is for the nemo backend."),
@@ -149,10 +152,11 @@ def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
             f"model.data.validation_ds.num_workers={m.data.validation_ds.num_workers}: the hf backend loads train and "
             f"validation with one worker count; set it equal to model.data.train_ds.num_workers ({m.data.train_ds.num_workers})."
         )
-    if es.monitor not in ("val_loss", "validation_loss"):
+    monitor = HF_MONITORS.get(es.monitor)
+    if monitor is None or (monitor != "val_loss" and m.data.validation_ds.metric.name != "exact_string_match"):
         raise UserError(
-            f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: the hf backend validates by loss; "
-            "monitor val_loss."
+            f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: the hf backend monitors val_loss, or "
+            "validation_exact_string_match with model.data.validation_ds.metric.name=exact_string_match."
         )
     args: List[Token] = [
         "--optim", m.optim.name,
@@ -165,7 +169,9 @@ def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
         "--max-epochs", t.max_epochs,
         "--log-every", t.log_every_n_steps,
         "--save-top-k", e.checkpoint_callback_params.save_top_k,
-        "--monitor", "val_loss",
+        "--monitor", monitor,
+        "--val-metric", m.data.validation_ds.metric.name,
+        "--val-tokens-to-generate", m.data.validation_ds.tokens_to_generate,
         "--mode", es.mode,
         "--num-workers", m.data.train_ds.num_workers,
         "--tensorboard-dir", paths(run_dir)["tensorboard"],

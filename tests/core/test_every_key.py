@@ -23,6 +23,8 @@ CONFIGS = {
     "nemo": (NEMO + ["peft=lora"], ""),
     # keys that only some configurations read, walked where they are read
     "nemo-ptuning": (NEMO + ["peft=ptuning"], "model.peft."),
+    "hf-generating": (["eval=true", "model.data.validation_ds.metric.name=exact_string_match",
+                       "exp_manager.early_stopping_callback_params.mode=max"], "model.data.validation_ds."),
     "nemo-generating": (NEMO + ["peft=lora", "model.data.validation_ds.metric.name=exact_string_match",
                                 "exp_manager.early_stopping_callback_params.mode=max"], "model.data.validation_ds."),
 }

@@ -129,3 +129,15 @@ def test_bf16_base_gradient_checkpointing_and_tensorboard_files_the_reader_reads
     assert val.keys() == ours.keys() and all(val[s] == pytest.approx(ours[s], rel=1e-5) for s in ours)
     progress = [e for e in tb_events if isinstance(e, Progress)]
     assert progress and progress[-1].step == 4 and progress[-1].train_loss is not None
+
+
+def test_exact_string_match_validation_generates_and_can_be_monitored(model_dir, data, tmp_path):
+    # NeMo's metric.name=exact_string_match: answers of up to tokens_to_generate tokens, scored at each evaluation
+    events = run(model_dir, data, tmp_path / "run", max_steps=4, eval_steps=2, val_metric="exact_string_match",
+                 val_tokens_to_generate=3, monitor="validation_exact_string_match", mode="max", patience=1)
+    evals = [e for e in events if e["kind"] == "eval"]
+    assert evals and all(0.0 <= e["val_exact_string_match"] <= 1.0 for e in evals)
+    assert events[-1]["kind"] == "end"
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--model-dir", "m", "--train-file", "t", "--valid-file", "v",
+                                         "--output-dir", "o", "--monitor", "val_acc"])

@@ -85,7 +85,9 @@ class ProgressEvents(TrainerCallback):
         self._tokens_at_step_end = self.tokens_counted()
         if metrics and "eval_loss" in metrics:
             val_loss = float(metrics["eval_loss"])
-            self.events.write("eval", step=state.global_step, val_loss=round(val_loss, 6))
+            generated = {"val_exact_string_match": round(float(metrics["eval_exact_string_match"]), 6)} \
+                if "eval_exact_string_match" in metrics else {}
+            self.events.write("eval", step=state.global_step, val_loss=round(val_loss, 6), **generated)
             if self.is_main:
                 best = state.best_metric
                 best_text = f" (best so far {best:.4f})" if best is not None and best <= val_loss else " (new best)"
@@ -98,6 +100,30 @@ class ProgressEvents(TrainerCallback):
         if self.is_main:
             say(f"[checkpoint] step {state.global_step} -> {path}")
         self._restart_clock()
+
+
+class GeneratingValidation(TrainerCallback):
+    """NeMo's validation with a generation metric (metric.name=exact_string_match): at each evaluation,
+    greedy answers of up to tokens_to_generate tokens to the validation prompts, scored by exact string
+    match, added to the evaluation's metrics as eval_exact_string_match (before early stopping and the
+    best-checkpoint choice read them)."""
+
+    def __init__(self, tokenizer, rendered: list, tokens_to_generate: int, batch_size: int):
+        self.tokenizer, self.rendered = tokenizer, rendered
+        self.tokens_to_generate, self.batch_size = tokens_to_generate, batch_size
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        from hpc_ft.backends.hf_runtime.generate import exact_match, generate_answers
+
+        was_training = model.training
+        model.eval()
+        answers = generate_answers(model, self.tokenizer, self.rendered, self.tokens_to_generate, self.batch_size)
+        if was_training:
+            model.train()
+        score = sum(exact_match(a, r.label) for a, r in zip(answers, self.rendered)) / max(1, len(self.rendered))
+        metrics["eval_exact_string_match"] = score
+        if state.log_history and "eval_loss" in state.log_history[-1]:
+            state.log_history[-1]["eval_exact_string_match"] = score  # KeepTopK reads the history
 
 
 class KeepTopK(TrainerCallback):

@@ -18,7 +18,7 @@ from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.errors import UserError, did_you_mean
 
 #: --monitor (NeMo's metric name) -> the Trainer's metric
-MONITORED = {"val_loss": "eval_loss"}
+MONITORED = {"val_loss": "eval_loss", "validation_exact_string_match": "eval_exact_string_match"}
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
 
 
@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=-1, help="stop after this many passes over the data; -1 = no limit")
     p.add_argument("--save-top-k", type=int, default=1,
                    help="keep the k best checkpoints by --monitor (and the latest, to resume); -1 = keep all")
-    p.add_argument("--monitor", default="val_loss", choices=["val_loss"], help="metric for early stopping and best")
+    p.add_argument("--monitor", default="val_loss", choices=sorted(MONITORED), help="metric for early stopping and best")
+    p.add_argument("--val-metric", default="loss", choices=["loss", "exact_string_match"],
+                   help="exact_string_match: also generate answers to the validation prompts and score them")
+    p.add_argument("--val-tokens-to-generate", type=int, default=10, help="with --val-metric exact_string_match")
     p.add_argument("--mode", default="min", choices=["min", "max"], help="min: lower --monitor is better")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in backward")
     p.add_argument("--tensorboard-dir", default=None, help="write TensorBoard event files here")
@@ -134,6 +137,10 @@ def check_optim_args(args: argparse.Namespace) -> None:
         raise UserError(f"--min-lr={args.min_lr} is above --lr={args.lr}; the decay ends at min_lr, so lower it.")
     if args.max_epochs == 0 or args.max_epochs < -1:
         raise UserError(f"--max-epochs={args.max_epochs}: use a positive number of epochs, or -1 for no limit.")
+    if args.monitor == "validation_exact_string_match" and args.val_metric != "exact_string_match":
+        raise UserError("--monitor=validation_exact_string_match needs --val-metric exact_string_match.")
+    if args.val_tokens_to_generate < 1:
+        raise UserError(f"--val-tokens-to-generate={args.val_tokens_to_generate}: must be at least 1.")
     if args.save_top_k == 0 or args.save_top_k < -1:
         raise UserError(f"--save-top-k={args.save_top_k}: keep at least 1 checkpoint (the best), or -1 for all.")
 
@@ -190,7 +197,10 @@ def load_model(args, has_cuda: bool):
         load_kwargs["dtype"] = compute
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **load_kwargs)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; 4.x has only the old one
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         if args.peft != "none":
             model.enable_input_require_grads()  # a frozen embedding gives the checkpointed layers no grad to carry
@@ -311,7 +321,9 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
 
-    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK, ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.callbacks import GeneratingValidation, KeepTopK, ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.sft_data import load_rendered
+    from hpc_ft.data.spec import DataOptions
     from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
@@ -351,6 +363,11 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
         callbacks.insert(0, early)
+    if args.val_metric == "exact_string_match":  # first: early stopping and the best checkpoint read its metric
+        rendered = [r for part in load_rendered(args.valid_file, DataOptions.from_json(args.data_options), tokenizer,
+                                                "--valid-file") for r in part]
+        callbacks.insert(0, GeneratingValidation(tokenizer, rendered, args.val_tokens_to_generate,
+                                                 args.micro_batch_size))
     optimizer = build_optimizer(model, args)
     trainer = Trainer(
         model=model,
