@@ -32,3 +32,22 @@ def test_a_name_no_layer_has_is_refused_listing_the_names_that_work():
     assert "'q_proj' names no layer of a gpt_neox model" in message
     assert "query_key_value" in message and "all" in message and "attention_qkv" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("fixture", ["rinna-japanese-gpt-neox-3.6b", "qwen2-0.5b", "phi3-mini-4k", "gemma-2b"])
+def test_the_planner_takes_the_default_all_targets_for_every_family(fixture, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from hpc_ft.compose.compose import compose_job
+    from hpc_ft.submit.preflight import plan_spec
+
+    folder = tmp_path / fixture
+    folder.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "plan" / "fixtures" / f"{fixture}.json", folder / "config.json")
+    spec = compose_job(["model=hf", f"model.hf_path={folder}", "cluster.gpu.model=A100-80GB",
+                        "cluster.gpu.per_node=1", "trainer.precision=bf16"], work_dir=str(tmp_path))
+    result = plan_spec(spec, alternatives=False, suggest=False)
+    assert not [v for v in result.violations if "lora" in v.key.lower() or "target" in v.key], result.violations
+    family = result.request.arch.family
+    assert result.request.lora_targets == tuple(FAMILIES[family].hf_modules)  # [all]: every linear layer
