@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Dict, List
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hpc_ft.backends import keys
+from hpc_ft.backends.hf_runtime.optim import OPTIMIZERS, SCHEDULES
 from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.errors import UserError, did_you_mean
@@ -139,7 +140,7 @@ REFUSED: List[Rule] = [
 
 
 def optim_value(spec: DictConfig, key: str):
-    value = OmegaConf.select(spec.model.optim, key)
+    value = keys.select(spec.model.optim, key)
     return HF_OPTIM_DEFAULTS[key] if value is None else value
 
 
@@ -152,6 +153,12 @@ def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
             f"model.data.validation_ds.num_workers={m.data.validation_ds.num_workers}: the hf backend loads train and "
             f"validation with one worker count; set it equal to model.data.train_ds.num_workers ({m.data.train_ds.num_workers})."
         )
+    for key, value, known in (("model.optim.name", m.optim.name, OPTIMIZERS),
+                              ("model.optim.sched.name", optim_value(spec, "sched.name"), SCHEDULES)):
+        if value not in known:
+            raise UserError(f"{key}={value}: the hf backend builds {', '.join(known)}.{did_you_mean(str(value), known)}")
+    if len(optim_value(spec, "betas")) != 2:
+        raise UserError(f"model.optim.betas={optim_value(spec, 'betas')}: give two numbers, e.g. [0.9,0.999].")
     monitor = HF_MONITORS.get(es.monitor)
     if monitor is None or (monitor != "val_loss" and m.data.validation_ds.metric.name != "exact_string_match"):
         raise UserError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Tuple
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hpc_ft.errors import UserError
 
@@ -88,6 +88,17 @@ def cluster_env(spec: DictConfig) -> dict:
     return {"TMPDIR": str(spec.cluster.scratch)} if spec.cluster.scratch else {}
 
 
+def select(spec: Any, key: str) -> Any:
+    """The value at a dotted key of a spec (a DictConfig, or a sweep point's plain-dict SpecView); lists as lists."""
+    node = spec
+    for part in key.split("."):
+        node = node[part]
+    if not isinstance(node, (str, bytes)) and hasattr(node, "__len__") and hasattr(node, "__iter__") \
+            and not hasattr(node, "keys"):
+        return list(node)
+    return node
+
+
 #: (key, is it set away from what the backend can do?, fix)
 Rule = Tuple[str, Callable[[Any], bool], str]
 
@@ -95,10 +106,9 @@ Rule = Tuple[str, Callable[[Any], bool], str]
 def refuse(spec: DictConfig, backend: str, rules: Iterable[Rule]) -> None:
     """Raise one UserError line for the first key the backend cannot honour."""
     for key, bad, fix in rules:
-        value = OmegaConf.select(spec, key)
+        value = select(spec, key)
         if bad(value):
-            shown = list(value) if OmegaConf.is_list(value) else value
-            raise UserError(f"{key}={shown}: the {backend} backend does not use this key. {fix}")
+            raise UserError(f"{key}={value}: the {backend} backend does not use this key. {fix}")
 
 
 def refuse_family(spec: DictConfig, family: str, known, what: str) -> None:

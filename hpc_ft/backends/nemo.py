@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, Dict, List, Tuple
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hpc_ft.backends import keys
 from hpc_ft.backends.keys import Rule
@@ -135,19 +135,18 @@ def changed_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
     for key, default in NEMO_DEFAULTS.items():
         if key.startswith("model.peft.p_tuning.") and scheme != "ptuning":
             continue
-        value = OmegaConf.select(spec, key)
+        value = keys.select(spec, key)
         if value != default:
             out.append((key, value))
     for key in WHEN_SET:
-        value = OmegaConf.select(spec, key)
+        value = keys.select(spec, key)
         if value is not None:
-            out.append((key, list(value) if OmegaConf.is_list(value) else value))
+            out.append((key, value))
     if spec.model.activations_checkpoint_granularity == "full":
         out += [("++model.activations_checkpoint_method", "uniform"), ("++model.activations_checkpoint_num_layers", 1)]
     if scheme == "lora":
         for name, key in LORA_KEYS:
-            value = OmegaConf.select(spec, key)
-            out.append((name, list(value) if OmegaConf.is_list(value) else value))
+            out.append((name, keys.select(spec, key)))
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from hpc_ft.backends import backend_module, keys
 from hpc_ft.compose.compose import composed_config, job_from_config
@@ -131,12 +132,17 @@ def _schema_type(key):
 def changed(cfg, key, value):
     """A copy of the composed config with `key` set to `value` (a mapping adds its entries)."""
     cfg = copy.deepcopy(cfg)
-    OmegaConf.set_struct(cfg, False)
+    OmegaConf.set_struct(cfg, True)
     if isinstance(value, dict):
         for k, v in value.items():
             OmegaConf.update(cfg, f"{key}.{k}", v, force_add=True)
     else:
-        OmegaConf.update(cfg, key, value, force_add=True)
+        try:
+            OmegaConf.update(cfg, key, value, force_add=False)
+        except ConfigAttributeError:
+            # not in this config's YAML (e.g. backend.threads under backend=nemo): Hydra wants +key=value,
+            # which is what a user then types; the backend must still use it or refuse it
+            OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
 
 
@@ -197,3 +203,25 @@ def test_the_walk_sees_the_ignored_key_it_is_meant_to_catch(tmp_path, monkeypatc
 def test_the_hf_backend_refuses_a_nemo_key_in_one_line_naming_key_and_backend(tmp_path):
     with pytest.raises(UserError, match=r"^model.megatron_amp_O2=True: the hf backend does not use this key\."):
         rendered(composed_config(CONFIGS["hf"][0] + ["model.megatron_amp_O2=true"]), tmp_path)
+
+
+# keys of the other backend: set with +key=value, then refused by this one
+OTHER_BACKEND = {
+    "hf": {"backend.finetune_script", "backend.generate_script", "backend.convert_script", "backend.extra_overrides",
+           "backend.env", "backend.generate_max_new_tokens"},
+    "nemo": {"backend.threads", "backend.generate_max_new_tokens"},
+}
+
+
+@pytest.mark.parametrize("backend", ["hf", "nemo"])
+def test_every_key_of_a_backend_can_be_set_without_a_plus(backend, tmp_path):
+    cfg = composed_config(CONFIGS[backend][0] + [f"work_dir={tmp_path}"])
+    missing = []
+    for key, _ in leaves(job_from_config(cfg)):
+        node = cfg
+        for part in key.split("."):
+            if part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    assert set(missing) <= OTHER_BACKEND[backend], set(missing) - OTHER_BACKEND[backend]
