@@ -117,10 +117,6 @@ NEMO_ONLY = "Use backend=nemo for it, or leave it at its default."
 REFUSED: List[Rule] = [
     ("model.megatron_amp_O2", bool, "The base weights follow trainer.precision (16-bit for 16/bf16 with LoRA). " + NEMO_ONLY),
     ("model.mcore_gpt", lambda v: v is False, NEMO_ONLY),
-    ("model.tensor_model_parallel_size", lambda v: v != 1,
-     "It runs data parallel only (torchrun + DDP): set it to 1, or use backend=nemo."),
-    ("model.pipeline_model_parallel_size", lambda v: v != 1,
-     "It runs data parallel only (torchrun + DDP): set it to 1, or use backend=nemo."),
     ("model.sequence_parallel", bool, NEMO_ONLY),
     ("model.activations_checkpoint_granularity", lambda v: v == "selective",
      "It recomputes whole layers (gradient checkpointing): set model.activations_checkpoint_granularity=full."),

@@ -15,6 +15,7 @@ from hpc_ft.backends import backend_module, keys
 from hpc_ft.compose.compose import composed_config, job_from_config
 from hpc_ft.errors import UserError
 from hpc_ft.submit.launch import render_scripts
+from hpc_ft.submit.preflight import preflight
 
 # Each backend's job as a user composes it; the keys of other PEFT schemes are walked in a second config.
 NEMO = ["eval=true", "backend=nemo", "model=elyza_llama2_7b", "container=nemo_24.03",
@@ -161,11 +162,12 @@ def outcome(base_cfg, key, value, work_dir, base_texts, backend):
     if key in keys.outside_the_job(backend):
         return "outside"
     try:
-        _, texts = rendered(changed(base_cfg, key, value), work_dir)
+        spec, texts = rendered(changed(base_cfg, key, value), work_dir)
+        if texts == base_texts:
+            preflight(spec)  # the planner's rules at submit (e.g. TP/PP > 1 on hf)
     except UserError as exc:
-        message = str(exc)
-        assert "\n" not in message.strip(), message
-        return "refused" if key in message else f"error not naming the key: {message}"
+        first = str(exc).strip().splitlines()[0]  # the planner adds its breakdown below the first line
+        return "refused" if key in first else f"error not naming the key: {first}"
     return "changes" if texts != base_texts else "IGNORED"
 
 
