@@ -91,6 +91,8 @@ OTHER = {
 # work_dir: each walk sets its own; the other value is a sibling folder
 OTHER["work_dir"] = "/tmp/hpc-ft-other-work-dir"
 SKIP = {"backend.name"}
+# keys whose other value needs a companion change to be valid at all (PP=2 needs 2 ranks)
+COMPANIONS = {"model.pipeline_model_parallel_size": {"trainer.devices": 2, "model.global_batch_size": 16}}
 
 
 def leaves(node, prefix=""):
@@ -162,13 +164,26 @@ def outcome(base_cfg, key, value, work_dir, base_texts, backend):
     if key in keys.outside_the_job(backend):
         return "outside"
     try:
-        spec, texts = rendered(changed(base_cfg, key, value), work_dir)
+        cfg = changed(base_cfg, key, value)
+        for other, other_value_ in COMPANIONS.get(key, {}).items():
+            cfg = changed(cfg, other, other_value_)
+        spec, texts = rendered(cfg, work_dir)
+        if key in COMPANIONS:
+            _, texts_without = rendered(changed(cfg, key, base_value(base_cfg, key)), work_dir)
+            texts = base_texts if texts == texts_without else texts  # the companions alone do not count
         if texts == base_texts:
             preflight(spec)  # the planner's rules at submit (e.g. TP/PP > 1 on hf)
     except UserError as exc:
         first = str(exc).strip().splitlines()[0]  # the planner adds its breakdown below the first line
         return "refused" if key in first else f"error not naming the key: {first}"
     return "changes" if texts != base_texts else "IGNORED"
+
+
+def base_value(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def walk(config, tmp_path):
