@@ -34,13 +34,21 @@ def python_exe(spec: DictConfig) -> str:
     return sys.executable
 
 
+def launcher(spec: DictConfig) -> List[Token]:
+    """torchrun itself: the container's `torchrun` (as the reference tutorial calls it), or, without a
+    container, the run's own interpreter with `-m torch.distributed.run`, so that nothing depends on
+    the submitting shell's PATH (a bare `torchrun` is found only where torch is installed outside the venv)."""
+    py = python_exe(spec)
+    return ["torchrun"] if py == "python" else [py, "-m", "torch.distributed.run"]
+
+
 def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> List[Token]:
     """torchrun for devices x nodes processes; one srun task per node when num_nodes > 1.
 
     `target` is a script path (or, with module=True, a `-m module`) followed by its arguments.
     """
     t = spec.trainer
-    head: List[Token] = ["torchrun", f"--nproc_per_node={t.devices}"]
+    head: List[Token] = launcher(spec) + [f"--nproc_per_node={t.devices}"]
     if t.num_nodes > 1:
         head += [
             f"--nnodes={t.num_nodes}",

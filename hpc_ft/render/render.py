@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,11 @@ def sbatch_options(
     opts.append(f"--output={sbatch_value(slurm_filename(output))}")
     opts.append("--open-mode=append")
     opts.append("--requeue")
+    if c.export:
+        export = str(c.export)
+        if export == "NONE" and spec.secrets:  # secrets travel by name from the submitting shell, never as values
+            export = ",".join(spec.secrets)
+        opts.append(f"--export={sbatch_value(export)}")
     if array:
         opts.append(f"--array={array}")
     if dependency:
@@ -154,6 +160,7 @@ def render_job_script(
     try:
         text = template_env().get_template(template).render(
             version=__version__,
+            interpreter_bin=os.path.dirname(sys.executable),
             run_id=run_id,
             run_dir=run_dir,
             description=description,

@@ -58,6 +58,23 @@ def test_two_process_torchrun_job_on_two_gpus(tiny_work, tmp_path):
     assert any(e["kind"] == "start" and e["world_size"] == 2 for e in events)
 
 
+def test_two_rank_job_under_export_none_needs_nothing_from_the_submitting_shell(tiny_work, tmp_path):
+    """cluster.export=NONE: the node starts the job with SLURM_* only; the script's own PATH and the recorded
+    interpreter (`python -m torch.distributed.run`, no bare torchrun) must be all it needs."""
+    env = dict(_env(tmp_path), HPC_FT_TEST_MARKER="from-the-submitting-shell")
+    launch = submit(tiny_work, "trainer.devices=2", "model.micro_batch_size=2", "cluster.export=NONE",
+                    "cluster.setup=['echo submitter-marker=${HPC_FT_TEST_MARKER:-unset}']", env=env)
+    script = open(os.path.join(launch["run_dir"], "job.sbatch")).read()
+    assert "#SBATCH --export=" in script and "torch.distributed.run" in script
+    st = _status(launch["run_id"], env)
+    assert st["state"] == "COMPLETED", st
+    log = open(os.path.join(launch["run_dir"], "logs", "job.out")).read()
+    assert "submitter-marker=unset" in log  # nothing leaked in from the submitting environment
+    assert "command not found" not in log
+    events = [json.loads(x) for x in open(os.path.join(launch["run_dir"], "events.jsonl"))]
+    assert any(e["kind"] == "start" and e["world_size"] == 2 for e in events)
+
+
 def test_cancel_gives_cancelled(tiny_work, tmp_path):
     env = _env(tmp_path)
     launch = submit(tiny_work, "trainer.max_steps=5000", "trainer.val_check_interval=1000", env=env)
