@@ -63,13 +63,13 @@ def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> 
 
 def multinode_prefix(spec: DictConfig) -> List[Token]:
     """srun, one task per node, for multi-node jobs (the rendezvous host is the allocation's first node)."""
-    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
-        return ["srun", f"--nodes={spec.trainer.num_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    return []
+    from hpc_ft.executors import get_executor
+
+    return get_executor(spec).multinode_launcher(int(spec.trainer.num_nodes))
 
 
 def prologue(spec: DictConfig) -> List[str]:
     """Shell lines a job needs before its steps: the rendezvous host of a multi-node job."""
-    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
-        return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"']
-    return []
+    from hpc_ft.executors import get_executor
+
+    return get_executor(spec).multinode_prologue(int(spec.trainer.num_nodes))

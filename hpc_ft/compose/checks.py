@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from hpc_ft.errors import UserError, did_you_mean
 
-EXECUTORS = ("local", "slurm")
+EXECUTORS = ("local", "slurm")  # hpc_ft.executors.EXECUTORS
 RUNTIMES = ("none", "singularity", "apptainer")
 BACKENDS = ("hf", "nemo")
 PRECISIONS = ("16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true")
@@ -66,9 +66,6 @@ def check_spec(spec: DictConfig) -> None:
         raise UserError(f"trainer.val_check_interval={v}: a float must be in (0, 1]. Use an int for every-N-steps.")
     if isinstance(v, int) and v < 1:
         raise UserError(f"trainer.val_check_interval={v}: must be >= 1 step.")
-    if c.executor == "slurm" and t.num_nodes > c.nodes:
-        # the allocation follows trainer.num_nodes; cluster.nodes is the site's node count limit
-        pass
     if c.gpu.per_node and t.devices > c.gpu.per_node:
         raise UserError(
             f"trainer.devices={t.devices}: cluster '{c.name}' has {c.gpu.per_node} GPUs per node. "

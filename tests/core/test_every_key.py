@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError
 
 from hpc_ft.backends import backend_module, keys
-from hpc_ft.compose.compose import composed_config, job_from_config
+from hpc_ft.compose.checks import check_spec
+from hpc_ft.compose.compose import hydra_compose, normalise_overrides, to_spec
 from hpc_ft.errors import UserError
 from hpc_ft.submit.launch import render_scripts
 from hpc_ft.submit.preflight import preflight
@@ -130,6 +131,18 @@ def _schema_type(key):
         node = node._get_node(part)
     ref = str(node._metadata.ref_type)
     return "int" if "int" in ref else "float" if "float" in ref else "str"
+
+
+def composed_config(overrides):
+    """Hydra's composed config, not yet typed or resolved: each key is varied on a copy of it."""
+    return hydra_compose(normalise_overrides(list(overrides)))
+
+
+def job_from_config(cfg):
+    """The JobSpec as compose_job makes it: typed, resolved, range-checked."""
+    spec = to_spec(cfg, None)
+    check_spec(spec)
+    return spec
 
 
 def changed(cfg, key, value):

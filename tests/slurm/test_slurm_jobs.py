@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from hpc_ft.track.outcome import exit_code_for
 from tests.slurm.conftest import hpcft, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
@@ -30,7 +31,10 @@ def _sacct_state(job_id: str) -> str:
 
 def _status(run_id, env, wait=True):
     args = ["status", run_id, "--json"] + (["--wait"] if wait else [])
-    return json.loads(hpcft(*args, env=env, timeout=400).stdout)
+    proc = hpcft(*args, env=env, timeout=400, check=False)
+    st = json.loads(proc.stdout)
+    assert proc.returncode == exit_code_for(st["state"]), (proc.returncode, st["state"], proc.stderr)  # 0: COMPLETED
+    return st
 
 
 def test_submit_runs_to_completed_and_sacct_agrees(tiny_work, tmp_path):
@@ -103,5 +107,5 @@ def test_failing_job_is_failed_with_the_log_tail(tiny_work, tmp_path):
     assert st["state"] == "FAILED", st
     assert _sacct_state(launch["jobs"]["train"]) == "FAILED"
     assert "precision" in (st.get("log_tail") or "")
-    text = hpcft("status", launch["run_id"], env=env).stdout
+    text = hpcft("status", launch["run_id"], env=env, check=False).stdout
     assert "log tail:" in text
