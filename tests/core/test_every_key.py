@@ -124,9 +124,9 @@ def other_value(key, value):
 
 
 def _schema_type(key):
-    from hpc_ft.compose.compose import _schema
+    from hpc_ft.compose.compose import schema_config
 
-    node = _schema()
+    node = schema_config()
     for part in key.split("."):
         node = node._get_node(part)
     ref = str(node._metadata.ref_type)
