@@ -288,7 +288,7 @@ class HfBackend:
     def point_values(self, spec, run_dir):
         return []  # every point writes into its own run directory already
 
-    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, object]:
+    def reader_kwargs(self, cfg: DictConfig, run_dir) -> Dict[str, object]:
         return {}
 
     def read_events(self, run_dir):

@@ -33,6 +33,10 @@ def add_commands(sub) -> None:
     c.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="Hydra overrides, e.g. cluster=nig cluster.partition=gpu container.image=~/nemo_24.03.sif")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--probe", action="store_true",
+                   help="multi-node profiles (cluster.nodes > 1): also submit a probe job on cluster.nodes nodes and "
+                        "check that they all reach the rendezvous host (waits for it to run)")
+    c.add_argument("--probe-timeout", type=int, default=300, metavar="S", help="seconds to wait for the probe job")
     c.set_defaults(func=cmd_check)
 
     ls = csub.add_parser("list", help="the cluster profiles: shipped ones and the user's/site's own")
@@ -309,7 +313,18 @@ def _check_modules(spec, checks: list[Check]) -> None:
         checks.append(Check("modules", OK, f"module command present; available: {', '.join(mods)}"))
 
 
-def run_checks(spec) -> list[Check]:
+def _check_multinode(spec, part: str | None, probe: bool, probe_timeout: int, checks: list[Check]) -> None:
+    from hpc_ft.commands.cluster_nodes import check_nodes, check_probe
+
+    checks.extend(Check(*t) for t in check_nodes(spec, part))
+    if not probe:
+        checks.append(Check("rendezvous", SKIP, f"--probe submits a {spec.cluster.nodes}-node job that checks the "
+                                                "nodes reach the rendezvous host"))
+    elif checks[-1].status == OK:
+        checks.extend(Check(*t) for t in check_probe(spec, probe_timeout))
+
+
+def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Check]:
     checks: list[Check] = []
     c = spec.cluster
     from hpc_ft.executors import get_executor
@@ -320,6 +335,11 @@ def run_checks(spec) -> list[Check]:
         part = _check_partition(spec, checks)
         _check_gpus(spec, part, checks)
         _check_test_only(spec, checks)
+        if int(c.nodes) > 1:
+            _check_multinode(spec, part, probe, probe_timeout, checks)
+        elif probe:
+            checks.append(Check("rendezvous", SKIP, f"--probe: cluster.nodes={c.nodes}, so no job of this profile "
+                                                    "spans nodes; nothing to probe"))
     _check_container(spec, checks)
     _check_modules(spec, checks)
     return checks
@@ -333,7 +353,7 @@ def cmd_check(args) -> int:
 
     spec = compose_job(args.overrides)
     c = spec.cluster
-    checks = run_checks(spec)
+    checks = run_checks(spec, probe=args.probe, probe_timeout=args.probe_timeout)
     failed = [ch for ch in checks if ch.status == FAIL]
     if args.json:
         print(json.dumps({"cluster": c.name, "ok": not failed, "checks": [ch.as_dict() for ch in checks]}, indent=2))

@@ -2,8 +2,8 @@
 
 `check_job_data(spec, dry_run)` refuses bad data (UserError: file:line or the key, and a fix) and returns
 a DataReport whose `summary_lines()` the CLI shows on stderr; `backend_data_files(spec, report, run_dir)`
-writes what the nemo backend reads (NeMo jsonl) into the run folder, points file_names there and
-returns the paths and checksums for run.json.
+points the nemo backend's file_names at NeMo jsonl in the run folder and returns a BackendData whose
+`.write()` writes them (once the run folder exists) and returns run.json's data record.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hpc_ft.data.files import file_checksum
 from hpc_ft.data.formats import FORMAT_NAMES
 from hpc_ft.data.lengths import LengthSummary, summarize, token_counter
 from hpc_ft.data.spec import DataOptions, SplitFiles, options_from_spec, splits_from_spec
-from hpc_ft.data.templates import LOSS_CLOSE, LOSS_OPEN, ChatTemplate
+from hpc_ft.data.templates import LOSS_CLOSE, LOSS_OPEN, ChatTemplate, FieldTemplate
 from hpc_ft.errors import UserError, did_you_mean
 
 NEMO_CONVERTED_TEMPLATE = "{input}{output}"   # converted rows hold the rendered prompt in input, the answer in output
@@ -138,7 +138,8 @@ def check_job_data(spec, *, dry_run: bool, notes: List[str], with_test: Optional
     A missing file is refused (in a dry run it is a note). The test split is checked when an eval runs."""
     options = options_from_spec(spec)
     if with_test is None:  # the eval job reads it; else only when it is there (a later `hpc-ft eval` reads it)
-        with_test = bool(spec.eval) or all(Path(f).expanduser().exists() for f in spec.model.data.test_ds.file_names)
+        test_files = list(spec.model.data.test_ds.file_names)
+        with_test = bool(spec.eval) or bool(test_files) and all(Path(f).expanduser().exists() for f in test_files)
     splits = splits_from_spec(spec, ("train", "validation", "test") if with_test else ("train", "validation"))
     _check_keys(spec, options, splits)
     tokenizer = chat_tokenizer(spec)
@@ -168,12 +169,37 @@ def check_job_data(spec, *, dry_run: bool, notes: List[str], with_test: Optional
 
 
 def _lengths(files: List[LoadedFile], counter, limit: int) -> LengthSummary:
+    """Tokens per kept row: a field template's pieces are counted one by one, as NeMo tokenizes them (each
+    distinct value once); a chat template's text whole. Plus BOS and EOS for a field template."""
     lengths: List[int] = []
     for f in files:
-        extra = 0 if f.specials_in_text else 2      # BOS before, EOS after a field template's text
-        texts = [p + a for p, a in zip(f.prompts, f.answers)]
-        lengths += [n + extra for n in counter.count(texts)]
+        if isinstance(f.template, FieldTemplate) and f.values:
+            lengths += _field_lengths(f, counter)
+        else:
+            extra = 0 if f.specials_in_text else 2
+            lengths += [n + extra for n in counter.count([p + a for p, a in zip(f.prompts, f.answers)])]
     return summarize(lengths, limit, counter.unit)
+
+
+def _distinct_counts(counter, texts: List[str]) -> List[int]:
+    distinct = list(dict.fromkeys(texts))
+    sizes = dict(zip(distinct, counter.count(distinct)))
+    return [sizes[t] for t in texts]
+
+
+def _field_lengths(f: LoadedFile, counter) -> List[int]:
+    template, n = f.template, len(f.labels)
+    short = template.uses_short_form(f.values.get("input", [""] * n))
+    fixed = {}
+    for form in set(short):
+        literals, _ = template.pieces(form)
+        fixed[form] = sum(counter.count(literals)) + 2     # + BOS and EOS
+    totals = [fixed[form] for form in short]
+    for name, column in f.values.items():
+        counts = _distinct_counts(counter, column)
+        in_form = {form: name in template.pieces(form)[1] for form in fixed}
+        totals = [t + (c if in_form[form] else 0) for t, c, form in zip(totals, counts, short)]
+    return totals
 
 
 # ---- what the backend reads ----------------------------------------------------------------------------
@@ -184,31 +210,47 @@ def needs_nemo_conversion(report: DataReport) -> bool:
                for f in report.files()) or bool(o.prompt_template_no_input)
 
 
-def backend_data_files(spec, report: DataReport, run_dir: Path) -> Dict[str, object]:
-    """For the nemo backend, write converted NeMo jsonl under <run_dir>/data/ and point file_names there.
+@dataclass
+class BackendData:
+    """What the backend reads: run.json's data record, and the converted files still to write (nemo)."""
 
-    Returns run.json's data record: {"files": {path: sha256} of the user's files, "converted": {new path:
-    {"from", "rows", "sha256"}}, "file_names": {split: [paths the job reads]}}."""
-    record: Dict[str, object] = {"files": report.checksums(), "converted": {}}
+    record: Dict[str, object]
+    pending: List[tuple] = field(default_factory=list)    # (path, LoadedFile) to write as NeMo jsonl
+
+    def write(self) -> Dict[str, object]:
+        """Write the converted files (into the run folder, once it exists); their sha256 go into the record."""
+        for path, loaded in self.pending:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                for prompt, answer in zip(loaded.prompts, loaded.answers):
+                    handle.write(json.dumps({"input": prompt, "output": answer}, ensure_ascii=False) + "\n")
+            self.record["converted"][str(path)]["sha256"] = file_checksum(path)
+        self.pending = []
+        return self.record
+
+
+def backend_data_files(spec, report: DataReport, run_dir: Path) -> BackendData:
+    """For the nemo backend, point file_names at NeMo jsonl under <run_dir>/data/ (written by .write()).
+
+    The record: {"files": {path: sha256} of the user's files, "converted": {new path: {"from", "rows",
+    "sha256"}}, "file_names": {split: [paths the job reads]}}. Nothing is written here."""
+    result = BackendData({"files": report.checksums(), "converted": {}})
     if spec.backend.name == "nemo" and needs_nemo_conversion(report):
         if any(split.missing for split in report.splits):
             raise UserError("data: some files are not there yet, so they cannot be converted for NeMo; "
                             "prepare them first (`hpc-ft data prepare`).")
         out_dir = Path(run_dir) / "data"
-        out_dir.mkdir(parents=True, exist_ok=True)
         for split in report.splits:
             names = []
             for i, f in enumerate(split.files):
                 path = out_dir / (f"{split.split.name}.jsonl" if i == 0 else f"{split.split.name}-{i + 1}.jsonl")
-                with open(path, "w", encoding="utf-8") as handle:
-                    for prompt, answer in zip(f.prompts, f.answers):
-                        handle.write(json.dumps({"input": prompt, "output": answer}, ensure_ascii=False) + "\n")
-                record["converted"][str(path)] = {"from": str(f.path), "rows": len(f.prompts),
-                                                  "sha256": file_checksum(path)}
+                result.record["converted"][str(path)] = {"from": str(f.path), "rows": len(f.prompts), "sha256": None}
+                result.pending.append((path, f))
                 names.append(str(path))
             spec.model.data[f"{split.split.name}_ds"].file_names = names
         ds = spec.model.data.train_ds
         ds.prompt_template, ds.label_key = NEMO_CONVERTED_TEMPLATE, "output"
         spec.data.format, spec.data.prompt_template_no_input, spec.data.columns = "nemo", None, {}
-    record["file_names"] = {s.split.name: list(spec.model.data[f"{s.split.name}_ds"].file_names) for s in report.splits}
-    return record
+    result.record["file_names"] = {s.split.name: list(spec.model.data[f"{s.split.name}_ds"].file_names)
+                                   for s in report.splits}
+    return result

@@ -37,6 +37,7 @@ class LoadedFile:
     labels: list[str] = field(default_factory=list)
     skipped: int = 0                         # rows with an empty answer: nothing would carry the loss
     examples: list[Example] = field(default_factory=list, repr=False)   # nested (chat) rows only
+    values: dict = field(default_factory=dict, repr=False)     # flat rows: each template field's column (kept rows)
     _rendered: Optional[list[Rendered]] = field(default=None, repr=False)
 
     @property
@@ -148,11 +149,12 @@ def _load_flat(loaded: LoadedFile, template: FieldTemplate, options: DataOptions
     values = _field_values(data, fmt, template, options)
     prompts, answers, labels = render_field_columns(template, values, len(data))
     if all(map(str.strip, labels)):
-        loaded.prompts, loaded.answers, loaded.labels = prompts, answers, labels
+        loaded.prompts, loaded.answers, loaded.labels, loaded.values = prompts, answers, labels, values
         return
     keep = [i for i, label in enumerate(labels) if label.strip()]
     loaded.skipped = len(labels) - len(keep)
     loaded.prompts, loaded.answers, loaded.labels = ([seq[i] for i in keep] for seq in (prompts, answers, labels))
+    loaded.values = {name: [column[i] for i in keep] for name, column in values.items()}
 
 
 def _load_nested(loaded: LoadedFile, template: Optional[Template], options: DataOptions) -> None:

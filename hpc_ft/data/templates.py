@@ -2,7 +2,8 @@
 
 A field template is NeMo's `prompt_template` syntax: text with field names in braces, the answer field
 (`label_key`, default `output`) last: `{input} {output}`. Everything before the answer field is the
-prompt; the answer (and any text after it) carries the loss. The chat template is the tokenizer's own
+prompt; the answer (with the spaces right before it, as NeMo splits a template, and any text after
+it) carries the loss. The chat template is the tokenizer's own
 (`apply_chat_template`): every assistant turn carries the loss, every other turn is masked.
 """
 
@@ -80,6 +81,7 @@ class FieldTemplate:
     def __init__(self, text: str, label_key: str = "output", no_input_text: str | None = None,
                  key: str = TEMPLATE_KEY):
         self.text, self.label_key, self.no_input_text = text, label_key, no_input_text
+        self._lead: dict[str, str] = {}    # per form: the spaces before the answer field (part of the answer)
         self._parts = {text: self._split(text, key)}
         if no_input_text:
             self._parts[no_input_text] = self._split(no_input_text, "data.prompt_template_no_input")
@@ -95,11 +97,28 @@ class FieldTemplate:
         before = [(literal, name) for literal, name, _, _ in parsed]
         idx = next(i for i, (_, name) in enumerate(before) if name == self.label_key)
         after = "".join(literal for literal, _ in before[idx + 1:])
-        return before[: idx + 1], after
+        # As NeMo splits a template ('( *?{.+?})'): spaces right before the answer field belong to the answer.
+        literal = before[idx][0]
+        kept = literal.rstrip(" ")
+        self._lead[text] = literal[len(kept):]
+        return before[:idx] + [(kept, self.label_key)], after
 
     @property
     def fields(self) -> set[str]:
         return {name for parts, _ in self._parts.values() for _, name in parts if name}
+
+    def pieces(self, no_input: bool = False) -> tuple[list[str], list[str]]:
+        """(literal texts, field names) of the template, or of its no-input form: NeMo tokenizes them piece by piece."""
+        form = self.no_input_text if no_input and self.no_input_text else self.text
+        parts, after = self._parts[form]
+        literals = [literal for literal, _ in parts if literal] + [x for x in (self._lead[form], after) if x]
+        return literals, [n for _, n in parts if n]
+
+    def uses_short_form(self, inputs: list) -> list[bool]:
+        """Which rows (by their `input`) take the no-input form."""
+        if not self.no_input_text:
+            return [False] * len(inputs)
+        return [not text.strip() for text in inputs]
 
     def _text_for(self, values: Mapping[str, str]) -> str:
         if self.no_input_text and not values.get("input", "").strip():
@@ -126,12 +145,13 @@ class FieldTemplate:
 
     def render(self, example: Example) -> Rendered:
         values = self._values(example)
-        parts, after = self._parts[self._text_for(values)]
+        form = self._text_for(values)
+        parts, after = self._parts[form]
         missing = [name for _, name in parts if name and name not in values]
         if missing:
             raise RowError(f"the template names {{{missing[0]}}} but the row has no field '{missing[0]}'")
         prompt = "".join(literal + (values[name] if name and name != self.label_key else "") for literal, name in parts)
-        answer = values[self.label_key] + after
+        answer = self._lead[form] + values[self.label_key] + after
         return Rendered((Segment(prompt, False), Segment(answer, True)), prompt=prompt, label=values[self.label_key])
 
 
@@ -148,16 +168,16 @@ def render_field_columns(template: "FieldTemplate", values: Mapping[str, list], 
         parts, after = template._parts[text]
         pattern, names = _prompt_format(parts, template.label_key)
         columns = [values[name] for name in names]
-        return ([pattern.format(*row) for row in zip(*columns)] if columns else [pattern] * n), after
+        return ([pattern.format(*row) for row in zip(*columns)] if columns else [pattern] * n), after, template._lead[text]
 
     labels = values[template.label_key]
-    prompts, after = prompts_of(template.text)
+    prompts, after, lead = prompts_of(template.text)
     if not template.no_input_text:
-        return prompts, ([label + after for label in labels] if after else list(labels)), labels
-    short, short_after = prompts_of(template.no_input_text)
+        return prompts, ([lead + label + after for label in labels] if after or lead else list(labels)), labels
+    short, short_after, short_lead = prompts_of(template.no_input_text)
     empty = [not text.strip() for text in values.get("input") or [""] * n]
     prompts = [b if e else a for a, b, e in zip(prompts, short, empty)]
-    answers = [label + (short_after if e else after) for label, e in zip(labels, empty)]
+    answers = [(short_lead + label + short_after) if e else (lead + label + after) for label, e in zip(labels, empty)]
     return prompts, answers, labels
 
 

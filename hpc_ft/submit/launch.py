@@ -240,23 +240,21 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     data_report = check_job_data(spec, dry_run=dry_run, notes=notes)  # every row, before anything is queued
     run_id = rd.new_run_id()
     run_dir = run_dir_for(spec, run_id, dry_run, out)
-    writes = not dry_run or bool(out)
-    data_record: Dict[str, Any] = {"files": data_report.checksums()}
-    if writes:
-        with writable("exp_manager.exp_dir", str(run_dir.parent)):
-            rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
-        data_record = backend_data_files(spec, data_report, run_dir)  # nemo: converted jsonl in run_dir/data/
+    data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
     record = new_record(
         spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
-        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data_record,
+        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data_files.record,
         container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                    "digest": image_digest(spec, dry_run)},
         registry=str(registry.path) if registry is not None else None)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=writes,
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out),
                     data_summary=data_report.summary_lines())
-    if not writes:
+    if dry_run and not out:
         return launch  # a dry run leaves nothing behind
+    with writable("exp_manager.exp_dir", str(run_dir.parent)):
+        rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
+    data_files.write()  # the converted files (their sha256 into the record)
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     paths: Dict[str, Path] = {}
     for kind, script in scripts.items():

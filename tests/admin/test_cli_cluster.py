@@ -145,11 +145,11 @@ def test_list_shows_shipped_and_user_profiles_and_who_wins(cli, tmp_path):
     shipped = cli("cluster", "list", "--json")
     assert shipped.returncode == 0
     assert {r["name"]: r["source"] for r in json.loads(shipped.stdout)} == {
-        "local": "shipped", "nig": "shipped", "slurm_local": "shipped"}
+        "local": "shipped", "nig": "shipped", "slurm_local": "shipped", "slurm_local2": "shipped"}
     conf = _user_conf(tmp_path)
     proc = cli("cluster", "list", "--json", env={"HPC_FT_CONF_DIR": conf})
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert set(rows) == {"local", "nig", "slurm_local", "mysite"}
+    assert set(rows) == {"local", "nig", "slurm_local", "slurm_local2", "mysite"}
     assert rows["nig"]["source"] == "user" and rows["nig"]["overrides_shipped"] is True
     assert rows["nig"]["partition"] == "mylab-v100" and rows["nig"]["path"] == str(conf / "cluster" / "nig.yaml")
     assert rows["mysite"]["overrides_shipped"] is False and rows["mysite"]["gpu"] == "8x A100-80GB (gpus-per-node)"

@@ -38,8 +38,9 @@ def refused(path, options=DataOptions()) -> str:
 def test_nemo_rows_use_nemos_default_template_and_mark_the_answer(tmp_path):
     loaded = load_file(jsonl(tmp_path / "t.jsonl", [{"input": "Q: 2+2?", "output": "4"}]), DataOptions())
     assert loaded.format.name == "nemo"
-    assert loaded.example(0).marked() == f"Q: 2+2? {LOSS_OPEN}4{LOSS_CLOSE}"
-    assert (loaded.prompts, loaded.labels) == (["Q: 2+2? "], ["4"])
+    # as NeMo splits the template, the space before {output} belongs to the answer
+    assert loaded.example(0).marked() == f"Q: 2+2?{LOSS_OPEN} 4{LOSS_CLOSE}"
+    assert (loaded.prompts, loaded.answers, loaded.labels) == (["Q: 2+2?"], [" 4"], ["4"])
 
 
 def test_alpaca_rows_keep_the_instruction_and_use_the_no_input_form_for_empty_inputs(tmp_path):
@@ -90,14 +91,14 @@ def test_chat_and_sharegpt_rows_with_a_field_template_take_one_user_and_one_assi
     for path, name in ((chat, "chat"), (share, "sharegpt")):
         loaded = load_file(path, options)
         assert loaded.format.name == name
-        assert loaded.example(0).marked() == f"ユーザー: こんにちは<NL>システム: {LOSS_OPEN}どうも{LOSS_CLOSE}"
+        assert loaded.example(0).marked() == f"ユーザー: こんにちは<NL>システム:{LOSS_OPEN} どうも{LOSS_CLOSE}"
 
 
 def test_a_column_mapping_names_the_template_fields(tmp_path):
     path = jsonl(tmp_path / "m.jsonl", [{"question": "富士山の高さは？", "answer": "3776m", "id": 1}])
     loaded = load_file(path, DataOptions(columns={"input": "question", "output": "answer"}))
     assert loaded.format.name == "columns"
-    assert (loaded.prompts, loaded.answers) == (["富士山の高さは？ "], ["3776m"])
+    assert (loaded.prompts, loaded.answers) == (["富士山の高さは？"], [" 3776m"])
 
 
 def test_nemo_label_key_names_the_answer_field(tmp_path):

@@ -29,7 +29,8 @@ def hpcft(*args, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
 
 
 def dry_run(tmp_path: Path, *overrides: str) -> tuple[str, str, Path]:
-    proc = hpcft("train", f"work_dir={tmp_path / 'work'}", *overrides, "--dry-run", cwd=tmp_path)
+    proc = hpcft("train", f"work_dir={tmp_path / 'work'}", *overrides, "--dry-run", "--out", str(tmp_path / "out"),
+                 cwd=tmp_path)
     run_dir = Path(proc.stderr.rsplit("dry run: rendered ", 1)[1].split(" (nothing")[0])
     return proc.stdout, proc.stderr, run_dir
 
@@ -54,6 +55,14 @@ def test_the_hf_job_reads_the_users_files_not_the_preset(tmp_path, user_files):
     build = rendered_step(out, "build-model")
     assert build[build.index("--train-file") + 1] == str(files["train"])  # the tiny model's tokenizer learns these rows
     assert not (tmp_path / "work" / "data").exists()  # the synthetic preset was not prepared: the user named files
+
+
+def test_a_dry_run_without_out_converts_nothing_on_disk(tmp_path, user_files):
+    _, keys = user_files
+    proc = hpcft("train", f"work_dir={tmp_path / 'work'}", "experiment=nig_elyza_ptuning", *keys, *TEMPLATE,
+                 "--dry-run", cwd=tmp_path)
+    assert "/data/train.jsonl]" in proc.stdout       # file_names name the files a real submit converts
+    assert not list(tmp_path.rglob("data/train.jsonl"))
 
 
 def test_the_nemo_job_reads_the_same_keys_converted_into_the_run_folder(tmp_path, user_files):

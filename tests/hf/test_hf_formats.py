@@ -47,9 +47,9 @@ def rows_of(fmt: str) -> list[dict]:
 
 # format -> (data options, the prompt each row must be rendered to)
 CASES = {
-    "nemo": ({}, lambda q: f"質問: {q} "),
-    "alpaca": ({"prompt_template": RINNA}, lambda q: f"ユーザー: 答えて<NL>コンテキスト: {q}<NL>システム: "),
-    "sharegpt": ({"prompt_template": "Q: {input}\nA: {output}"}, lambda q: f"Q: {q}\nA: "),
+    "nemo": ({}, lambda q: f"質問: {q}"),   # NeMo's "{input} {output}": the space goes with the answer
+    "alpaca": ({"prompt_template": RINNA}, lambda q: f"ユーザー: 答えて<NL>コンテキスト: {q}<NL>システム:"),
+    "sharegpt": ({"prompt_template": "Q: {input}\nA: {output}"}, lambda q: f"Q: {q}\nA:"),
     "columns": ({"columns": {"input": "q", "output": "a"}, "prompt_template": "{input}→{output}"}, lambda q: f"{q}→"),
     "chat": ({"chat_template": True},
              lambda q: f"<s>[INST] こんにちは [/INST] はい </s><s>[INST] {q} [/INST]"),

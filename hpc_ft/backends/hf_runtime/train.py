@@ -359,6 +359,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         callbacks.append(KeepTopK(args.save_top_k, MONITORED[args.monitor], args.mode == "max", is_main))
     if args.tensorboard_dir and is_main:
         callbacks.append(tensorboard_callback(args.tensorboard_dir))
+    if world_size > 1:  # each rank says where it ran and what it ended with (multi-node checks read it)
+        from hpc_ft.backends.hf_runtime.ranks import RankReport
+
+        callbacks.append(RankReport(world_size))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
