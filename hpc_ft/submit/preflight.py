@@ -84,7 +84,6 @@ def plan_request(spec: DictConfig, source=None, **changes):
         ptuning_embedding_dim=m.peft.p_tuning.embedding_dim,
         optimizer=("sgd" if m.optim.name == "sgd" else "adamw_torch") if hf else m.optim.name,
         recompute=None if hf else m.activations_checkpoint_granularity,
-        gradient_checkpointing=hf and m.activations_checkpoint_granularity == "full",
         flash_attention=flash,
     )
     return req.with_(**changes) if changes else req
