@@ -7,13 +7,21 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends import keys
 from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
-    LORA_TARGETS, PEFT_SCHEMES, eval_interval, lora_targets, max_steps, paths)
+    ALL_LINEAR, NEMO_TARGET_ROLES, PEFT_SCHEMES, eval_interval, lora_names, lora_targets, max_steps, paths)
+from hpc_ft.backends.hf_runtime.optim import OPTIMIZERS, SCHEDULES
+from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.errors import UserError, did_you_mean
+from hpc_ft.models.family import job_family
+from hpc_ft.plan.arch import FAMILIES
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 
 
+NEMO_FINETUNE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
+NEMO_GENERATE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
@@ -36,10 +44,90 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if spec.backend.threads:
         env["OMP_NUM_THREADS"] = str(spec.backend.threads)
+    env.update(keys.cluster_env(spec))
+    env.update({str(k): str(v) for k, v in spec.backend.env.items()})
     return env
 
 
+#: model.optim / sched values the hf runtime uses where a key is null (NeMo's own defaults differ: see nemo.py)
+HF_OPTIM_DEFAULTS = {"weight_decay": 0.0, "betas": [0.9, 0.999], "sched.name": "linear", "sched.warmup_steps": 0,
+                     "sched.min_lr": 0.0}
+#: exp_manager.early_stopping_callback_params.monitor (NeMo's names) -> the hf runtime's --monitor
+HF_MONITORS = {"val_loss": "val_loss", "validation_loss": "val_loss",
+               "validation_exact_string_match": "validation_exact_string_match"}
+NEMO_ONLY = "Use backend=nemo for it, or leave it at its default."
+REFUSED: List[Rule] = [
+    ("model.megatron_amp_O2", bool, "The base weights follow trainer.precision (16-bit for 16/bf16 with LoRA). " + NEMO_ONLY),
+    ("model.mcore_gpt", lambda v: v is False, NEMO_ONLY),
+    ("model.sequence_parallel", bool, NEMO_ONLY),
+    ("model.activations_checkpoint_granularity", lambda v: v == "selective",
+     "It recomputes whole layers (gradient checkpointing): set model.activations_checkpoint_granularity=full."),
+    ("model.peft.restore_from_path", lambda v: v is not None, "Start LoRA afresh, or use backend=nemo for a PEFT .nemo."),
+    ("model.peft.p_tuning.virtual_tokens", lambda v: v != 10, NEMO_ONLY),
+    ("model.peft.p_tuning.bottleneck_dim", lambda v: v != 1024, NEMO_ONLY),
+    ("model.peft.p_tuning.embedding_dim", lambda v: v != 1024, NEMO_ONLY),
+    ("model.data.validation_ds.metric.name", lambda v: v not in ("loss", "exact_string_match"),
+     "It validates by loss, or by exact_string_match of generated answers."),
+    ("backend.finetune_script", lambda v: v != NEMO_FINETUNE, NEMO_ONLY),
+    ("backend.generate_script", lambda v: v != NEMO_GENERATE, NEMO_ONLY),
+    ("backend.convert_script", lambda v: v is not None, "`hpc-ft model convert` is for the nemo backend."),
+    ("backend.extra_overrides", lambda v: len(v) > 0, "They are NeMo Hydra overrides. " + NEMO_ONLY),
+    ("backend.generate_max_new_tokens", lambda v: v is not None,
+     "Set model.data.test_ds.tokens_to_generate instead (both backends read it)."),
+]
+
+
+def optim_value(spec: DictConfig, key: str):
+    value = keys.select(spec.model.optim, key)
+    return HF_OPTIM_DEFAULTS[key] if value is None else value
+
+
+def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
+    """The train arguments that carry optimizer, schedule, stopping, checkpoint and logging keys."""
+    m, t, e = spec.model, spec.trainer, spec.exp_manager
+    es = e.early_stopping_callback_params
+    if m.data.validation_ds.num_workers != m.data.train_ds.num_workers:
+        raise UserError(
+            f"model.data.validation_ds.num_workers={m.data.validation_ds.num_workers}: the hf backend loads train and "
+            f"validation with one worker count; set it equal to model.data.train_ds.num_workers ({m.data.train_ds.num_workers})."
+        )
+    for key, value, known in (("model.optim.name", m.optim.name, OPTIMIZERS),
+                              ("model.optim.sched.name", optim_value(spec, "sched.name"), SCHEDULES)):
+        if value not in known:
+            raise UserError(f"{key}={value}: the hf backend builds {', '.join(known)}.{did_you_mean(str(value), known)}")
+    if len(optim_value(spec, "betas")) != 2:
+        raise UserError(f"model.optim.betas={optim_value(spec, 'betas')}: give two numbers, e.g. [0.9,0.999].")
+    monitor = HF_MONITORS.get(es.monitor)
+    if monitor is None or (monitor != "val_loss" and m.data.validation_ds.metric.name != "exact_string_match"):
+        raise UserError(
+            f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: the hf backend monitors val_loss, or "
+            "validation_exact_string_match with model.data.validation_ds.metric.name=exact_string_match."
+        )
+    args: List[Token] = [
+        "--optim", m.optim.name,
+        "--weight-decay", optim_value(spec, "weight_decay"),
+        "--betas", ",".join(str(b) for b in optim_value(spec, "betas")),
+        "--lr-scheduler", optim_value(spec, "sched.name"),
+        "--warmup-steps", optim_value(spec, "sched.warmup_steps"),
+        "--min-lr", optim_value(spec, "sched.min_lr"),
+        "--grad-clip", t.gradient_clip_val,
+        "--max-epochs", t.max_epochs,
+        "--log-every", t.log_every_n_steps,
+        "--save-top-k", e.checkpoint_callback_params.save_top_k,
+        "--monitor", monitor,
+        "--val-metric", m.data.validation_ds.metric.name,
+        "--val-tokens-to-generate", m.data.validation_ds.tokens_to_generate,
+        "--mode", es.mode,
+        "--num-workers", m.data.train_ds.num_workers,
+        "--tensorboard-dir", paths(run_dir)["tensorboard"],
+    ]
+    if m.activations_checkpoint_granularity == "full":
+        args.append("--gradient-checkpointing")
+    return args
+
+
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    keys.refuse(spec, "hf", REFUSED)
     if spec.task.name != "sft":  # classification, NER, preference: their own steps
         from hpc_ft.backends import hf_tasks
 
@@ -50,12 +138,20 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     scheme = m.peft.peft_scheme
     py = python_exe(spec)
     steps: List[Step] = []
+    if spec.data.chat_template and m.build == "tiny" and not m.build_chat_template:
+        raise UserError(
+            "data.chat_template=true (template=chat): the tiny model this job builds gets no chat template; "
+            "set model.build_chat_template=llama2 (or model=tiny_llama_chat)."
+        )
     if m.build == "tiny":
+        build: List[Token] = [py, "-m", TINY_MODULE, *tiny_model_data_args(spec), "--output", m.hf_path,
+                              "--if-missing", "--seed", m.seed, "--family", job_family(spec)]
+        if m.build_chat_template:
+            build += ["--chat-template", m.build_chat_template]
         steps.append(
             Step(
                 "build-model",
-                in_container(spec, [py, "-m", TINY_MODULE, *tiny_model_data_args(spec), "--output", m.hf_path,
-                                    "--if-missing", "--seed", m.seed], gpus=False),
+                in_container(spec, build, gpus=False),
                 skip_if_exists=os.path.join(m.hf_path, "config.json"),
             )
         )
@@ -66,7 +162,8 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--events", p["events"],
         "--max-steps", steps_n,
         "--eval-steps", eval_interval(spec, steps_n),
-        "--patience", spec.exp_manager.early_stopping_callback_params.patience,
+        "--patience", spec.exp_manager.early_stopping_callback_params.patience
+        if spec.exp_manager.create_early_stopping_callback else 0,
         "--min-delta", spec.exp_manager.early_stopping_callback_params.min_delta,
         "--micro-batch-size", m.micro_batch_size,
         "--global-batch-size", m.global_batch_size,
@@ -75,12 +172,13 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--lora-r", m.peft.lora_tuning.adapter_dim,
         "--lora-alpha", m.peft.lora_tuning.alpha,
         "--lora-dropout", m.peft.lora_tuning.adapter_dropout,
-        "--lora-targets", ",".join(lora_targets(m.peft.lora_tuning.target_modules)),
+        "--lora-targets", ",".join(lora_targets(m.peft.lora_tuning.target_modules, job_family(spec))),
         "--precision", str(t.precision),
         "--max-seq-length", m.data.train_ds.max_seq_length,
         "--seed", m.seed,
-        "--resume", "auto",
+        "--resume", "auto" if spec.exp_manager.resume_if_exists else "never",
     ]
+    args += runtime_keys(spec, run_dir)
     if spec.backend.threads:
         args += ["--threads", spec.backend.threads]
     if t.devices * t.num_nodes > 1:
@@ -93,6 +191,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    keys.refuse(spec, "hf", REFUSED)
     if spec.task.name != "sft":
         from hpc_ft.backends import hf_tasks
 
@@ -106,7 +205,8 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         *data_args(spec, ("test",)),
         "--output", p["predictions"],
         "--base-output", p["base_predictions"],
-        "--max-new-tokens", spec.backend.generate_max_new_tokens,
+        "--max-new-tokens", spec.model.data.test_ds.tokens_to_generate,
+        "--batch-size", spec.model.data.test_ds.micro_batch_size,
         "--events", tp["events"],
     ]
     return [Step("eval", in_container(spec, cmd))]

@@ -1,4 +1,4 @@
-"""The hf backend's layout facts shared by its SFT and task steps: LoRA target names, PEFT schemes, step counts, a run's paths."""
+"""The hf backend's layout facts shared by its SFT and task steps: LoRA target names per family, PEFT schemes, step counts, a run's paths."""
 
 from __future__ import annotations
 
@@ -7,25 +7,48 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
-# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
-LORA_TARGETS = {
-    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
-    "attention_dense": ["o_proj"],
-    "mlp_fc1": ["gate_proj", "up_proj"],
-    "mlp_fc2": ["down_proj"],
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+from hpc_ft.errors import UserError, did_you_mean
+from hpc_ft.plan.arch import FAMILIES
+
+# NeMo's LoRA target names -> the roles (see hpc_ft.plan.arch) of the linear layers they cover. The
+# family's row in hpc_ft.plan.arch.FAMILIES names the transformers module of each role, so a NeMo
+# name, `all` or `all-linear` means the same layers on every family; module names pass through.
+NEMO_TARGET_ROLES = {
+    "attention_qkv": ("q", "k", "v", "qkv"),
+    "attention_dense": ("o",),
+    "mlp_fc1": ("gate", "up", "fc1"),
+    "mlp_fc2": ("down",),
+    "attention": ("q", "k", "v", "qkv", "o"),
+    "mlp": ("gate", "up", "fc1", "down"),
 }
+ALL_LINEAR = ("all", "all-linear", "all_linear")
 PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
 
 
-def lora_targets(names) -> List[str]:
+
+def lora_names(family: str) -> List[str]:
+    """Every LoRA target name that works for a family: NeMo's names, `all`/`all-linear`, its module names."""
+    return list(NEMO_TARGET_ROLES) + list(ALL_LINEAR) + list(FAMILIES[family].hf_modules)
+
+
+def lora_targets(names, family: str = "llama") -> List[str]:
+    """The transformers module names that LoRA adapts in a model of `family`, for NeMo or HF target names."""
+    modules = FAMILIES[family].hf_modules
     out: List[str] = []
-    for n in names:
-        for t in LORA_TARGETS.get(n, [n]):
-            if t not in out:
-                out.append(t)
+    for raw in names:
+        name = str(raw).strip()
+        if name in ALL_LINEAR:
+            picked = list(modules)
+        elif name in NEMO_TARGET_ROLES:
+            picked = [m for m, role in modules.items() if role in NEMO_TARGET_ROLES[name]]
+        elif name in modules:
+            picked = [name]
+        else:
+            raise UserError(
+                f"model.peft.lora_tuning.target_modules: {name!r} names no layer of a {family} model."
+                f"{did_you_mean(name, lora_names(family))} Names that work for {family}: {', '.join(lora_names(family))}."
+            )
+        out += [m for m in picked if m not in out]
     return out
 
 
@@ -46,4 +69,5 @@ def paths(run_dir: str) -> Dict[str, str]:
         "events": os.path.join(run_dir, "events.jsonl"),
         "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
         "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
+        "tensorboard": os.path.join(run_dir, "logs", "tensorboard"),
     }

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from hpc_ft.backends import hf_layout as hf
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.models.family import job_family
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 from hpc_ft.tasks.prepare import prepared_paths
@@ -25,9 +26,10 @@ def lora_target_list(spec: DictConfig) -> str:
     """The LoRA targets as module names: NeMo's names mapped for Llama-family models; `all` on any other
     family (BERT: query/key/value/dense) is peft's all-linear, which leaves the head out (the head is trained in full)."""
     names = list(spec.model.peft.lora_tuning.target_modules)
-    if spec.model.family != "llama" and names == ["all"]:
+    family = job_family(spec)
+    if family != "llama" and names == ["all"]:
         return "all-linear"
-    return ",".join(hf.lora_targets(names))
+    return ",".join(hf.lora_targets(names, family))
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:

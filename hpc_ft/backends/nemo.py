@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Tuple
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends import keys
+from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix
 from hpc_ft.render import Step
 
@@ -108,6 +110,63 @@ def data_overrides(spec: DictConfig, split: str) -> List[Tuple[str, Any]]:
     return out
 
 
+#: NeMo 24.03's own values of keys the tutorial does not pass (reference nemo.md §1): such a key is
+#: rendered after the tutorial's list only when it differs, so the reference job stays key for key.
+NEMO_DEFAULTS = {
+    "trainer.log_every_n_steps": 10,
+    "model.seed": 1234,
+    "model.sequence_parallel": False,
+    "model.optim.name": "fused_adam",
+    "model.data.train_ds.max_seq_length": 2048,
+    "exp_manager.resume_if_exists": True,
+    "exp_manager.create_early_stopping_callback": True,
+    "exp_manager.early_stopping_callback_params.monitor": "val_loss",
+    "exp_manager.early_stopping_callback_params.mode": "min",
+    "exp_manager.early_stopping_callback_params.min_delta": 0.001,
+    "exp_manager.checkpoint_callback_params.save_top_k": 1,
+    "model.peft.p_tuning.virtual_tokens": 10,
+    "model.peft.p_tuning.bottleneck_dim": 1024,
+    "model.peft.p_tuning.embedding_dim": 1024,
+}
+#: keys NeMo has but whose null here means "NeMo's default": rendered when set
+WHEN_SET = ("model.optim.weight_decay", "model.optim.betas", "model.optim.sched.name", "model.optim.sched.warmup_steps",
+            "model.optim.sched.min_lr", "model.peft.restore_from_path", "model.activations_checkpoint_granularity")
+#: lora_tuning keys, rendered for LoRA runs (the 24.03 yaml lacks alpha and target_modules: `++` adds them)
+LORA_KEYS = (("model.peft.lora_tuning.adapter_dim", "model.peft.lora_tuning.adapter_dim"),
+             ("++model.peft.lora_tuning.alpha", "model.peft.lora_tuning.alpha"),
+             ("model.peft.lora_tuning.adapter_dropout", "model.peft.lora_tuning.adapter_dropout"),
+             ("++model.peft.lora_tuning.target_modules", "model.peft.lora_tuning.target_modules"))
+REFUSED: List[Rule] = [
+    ("model.build", lambda v: v is not None, "NeMo trains a converted .nemo: set model.build=null and model.restore_from_path."),
+    ("model.build_chat_template", lambda v: v is not None, "It belongs to a tiny model built by the hf backend."),
+    ("backend.threads", lambda v: v is not None, "It sets the hf runtime's torch threads; use cluster.env.OMP_NUM_THREADS."),
+    ("backend.generate_max_new_tokens", lambda v: v is not None,
+     "Set model.data.test_ds.tokens_to_generate instead (both backends read it)."),
+]
+
+
+def changed_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
+    """Keys beyond the tutorial's list, in a fixed order: those that differ from NeMo's defaults or are set."""
+    out: List[Tuple[str, Any]] = []
+    scheme = spec.model.peft.peft_scheme
+    for key, default in NEMO_DEFAULTS.items():
+        if key.startswith("model.peft.p_tuning.") and scheme != "ptuning":
+            continue
+        value = keys.select(spec, key)
+        if value != default:
+            out.append((key, value))
+    for key in WHEN_SET:
+        value = keys.select(spec, key)
+        if value is not None:
+            out.append((key, value))
+    if spec.model.activations_checkpoint_granularity == "full":
+        out += [("++model.activations_checkpoint_method", "uniform"), ("++model.activations_checkpoint_num_layers", 1)]
+    if scheme == "lora":
+        for name, key in LORA_KEYS:
+            out.append((name, keys.select(spec, key)))
+    return out
+
+
 def eval_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
     m, ts = spec.model, spec.model.data.test_ds
     return [
@@ -140,16 +199,18 @@ def _render(overrides: List[Tuple[str, Any]], extra) -> List[str]:
 
 
 def job_env(spec: DictConfig) -> Dict[str, str]:
-    return {str(k): str(v) for k, v in spec.backend.env.items()}
+    return {**keys.cluster_env(spec), **{str(k): str(v) for k, v in spec.backend.env.items()}}
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
-    args = _render(train_overrides(spec, run_dir), spec.backend.extra_overrides)
+    keys.refuse(spec, "nemo", REFUSED)
+    args = _render(train_overrides(spec, run_dir) + changed_overrides(spec), spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)
     return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
 
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    keys.refuse(spec, "nemo", REFUSED)
     args = _render(eval_overrides(spec, run_dir), [])
     # As in the reference: plain python, Lightning spawns the trainer.devices ranks itself.
     cmd = ["python", spec.backend.generate_script] + args
@@ -157,11 +218,18 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 
 def convert_steps(spec: DictConfig) -> List[Step]:
-    """HF -> NeMo conversion of the base model (the tutorial's convert_llama_hf_to_nemo.py call)."""
+    """HF -> NeMo conversion of the base model: NeMo's converter for the model's family (config.json
+    model_type; the tutorial's convert_llama_hf_to_nemo.py for Llama), or backend.convert_script when set."""
     from hpc_ft.models.convert import hf_to_nemo_argv
+    from hpc_ft.models.family import job_family
 
-    argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=spec.model.family,
-                           precision="16")
+    from hpc_ft.models.convert import FAMILIES
+
+    family = job_family(spec)
+    keys.refuse_family(spec, family, FAMILIES, "HF-to-NeMo converter")
+    argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=family, precision=None)
+    if spec.backend.convert_script:
+        argv[1] = str(spec.backend.convert_script)
     return [Step("convert", in_container(spec, argv, gpus=False))]
 
 

@@ -7,10 +7,21 @@ value of the wrong type is refused there, before anything is rendered.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+
+def path_basename(path: Any) -> str:
+    """`${basename:PATH}`: the last part of a path, e.g. the checkpoint folder's name for model.name."""
+    if not path:
+        raise ValueError("model.hf_path is not set, so the model has no folder name; set model.hf_path or model.name")
+    return os.path.basename(os.path.normpath(str(path)))
+
+
+OmegaConf.register_new_resolver("basename", path_basename, replace=True)
 
 
 @dataclass
@@ -59,11 +70,11 @@ class BackendConf:
     name: str = "hf"            # hf | nemo
     # hf
     threads: Optional[int] = None
-    generate_max_new_tokens: int = 16
+    generate_max_new_tokens: Optional[int] = None  # replaced by model.data.test_ds.tokens_to_generate
     # nemo
     finetune_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
     generate_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
-    convert_script: str = "/opt/NeMo/scripts/checkpoint_converters/convert_llama_hf_to_nemo.py"
+    convert_script: Optional[str] = None  # null: the converter of the model's family
     extra_overrides: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
@@ -104,9 +115,19 @@ class PeftConf:
 
 
 @dataclass
+class SchedConf:
+    name: Optional[str] = None           # CosineAnnealing | linear | constant; null: nemo CosineAnnealing, hf linear
+    warmup_steps: Optional[int] = None   # null: nemo 50, hf 0
+    min_lr: Optional[float] = None       # null: 0.0 on both
+
+
+@dataclass
 class OptimConf:
-    name: str = "fused_adam"
+    name: str = "fused_adam"             # fused_adam | adamw | adam | sgd (hf: fused_adam and adamw are AdamW)
     lr: float = 1e-4
+    weight_decay: Optional[float] = None  # null: nemo 0.01, hf 0.0
+    betas: Optional[List[float]] = None   # null: nemo [0.9, 0.98], hf [0.9, 0.999]
+    sched: SchedConf = field(default_factory=SchedConf)
 
 
 @dataclass
@@ -152,9 +173,10 @@ class ModelDataConf:
 
 @dataclass
 class ModelConf:
-    name: str = MISSING
-    family: str = "llama"
+    name: str = "${basename:${model.hf_path}}"  # default: the checkpoint folder's name
+    family: Optional[str] = None         # config.json model_type decides; names the family before one exists
     build: Optional[str] = None          # "tiny": built locally by the job when missing
+    build_chat_template: Optional[str] = None  # build=tiny: a chat template for its tokenizer (llama2)
     repo_id: Optional[str] = None        # Hugging Face repo for `hpc-ft model fetch`
     revision: Optional[str] = None
     hf_path: Optional[str] = None        # HF snapshot directory (config.json, weights, tokenizer)

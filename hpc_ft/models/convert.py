@@ -43,27 +43,40 @@ TOKENIZER_FILES = (
 
 @dataclass(frozen=True)
 class Family:
-    """Which NeMo converter scripts serve a model family, and how the export names its HF reference."""
+    """Which NeMo converter scripts serve a model family (config.json `model_type`), and their flags."""
 
     name: str
     hf_to_nemo: str
-    nemo_to_hf: str
+    nemo_to_hf: str | None  # None: hpc-ft renders no export for this family
     export_style: str  # "llama": --hf_input_path/--hf_output_path; "mistral": --hf_model_name + output dir
+    precisions: tuple[str, ...] = ("16", "32", "bf16", "16-mixed", "bf16-mixed")
+    default_precision: str = "16"
+    tokenizer_flag: bool = False  # the script wants --tokenizer_path=<hf dir>/tokenizer.model
+    note: str = ""
 
 
 FAMILIES = {
     "llama": Family("llama", "convert_llama_hf_to_nemo.py", "convert_llama_nemo_to_hf.py", "llama"),
     # Flags of the mistral scripts read from NeMo main; check `--help` inside an older container.
     "mistral": Family("mistral", "convert_mistral_7b_hf_to_nemo.py", "convert_mistral_7b_nemo_to_hf.py", "mistral"),
+    # The qwen2 and gemma2 scripts were added to NeMo after the 24.03 container; flags read from NeMo main.
+    "qwen2": Family("qwen2", "convert_qwen2_hf_to_nemo.py", None, "llama", note="script newer than NeMo 24.03"),
+    "gemma": Family("gemma", "convert_gemma_hf_to_nemo.py", None, "llama", precisions=("bf16", "32"),
+                    default_precision="bf16", tokenizer_flag=True),
+    "gemma2": Family("gemma2", "convert_gemma2_hf_to_nemo.py", None, "llama", precisions=("bf16", "32"),
+                     default_precision="bf16", tokenizer_flag=True, note="script newer than NeMo 24.03"),
 }
 # config.json `model_type` -> family
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral"}
+MODEL_TYPES = {name: name for name in FAMILIES}
 
 
 def get_family(name: str) -> Family:
     if name in FAMILIES:
         return FAMILIES[name]
-    raise UserError(f"model.family={name!r} has no NeMo converter here; known: {', '.join(FAMILIES)}.{did_you_mean(name, FAMILIES)}")
+    raise UserError(
+        f"model_type {name!r} has no NeMo 1.x HF-to-NeMo converter (those exist for {', '.join(FAMILIES)}).{did_you_mean(name, FAMILIES)} "
+        "Train this model with backend=hf, or convert it yourself and set model.restore_from_path=<.nemo>."
+    )
 
 
 def detect_family(hf_dir: str | os.PathLike) -> str:
@@ -72,7 +85,7 @@ def detect_family(hf_dir: str | os.PathLike) -> str:
     try:
         model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
     except FileNotFoundError:
-        raise UserError(f"cannot read {cfg} to tell the model family; pass family=llama|mistral (model.family)") from None
+        raise UserError(f"cannot read {cfg} to tell the model family; pass family={'|'.join(FAMILIES)} (model.family)") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{cfg} is not readable JSON ({exc}); pass the family explicitly") from None
     if model_type in MODEL_TYPES:
@@ -106,22 +119,22 @@ def hf_to_nemo_argv(
     output_path: str | os.PathLike,
     *,
     family: str | None = None,
-    precision: str = "16",
+    precision: str | None = "16",
     nemo_root: str = NEMO_ROOT,
     python: str = "python",
 ) -> list[str]:
-    """argv of the HF -> .nemo conversion (run it inside the NeMo container)."""
+    """argv of the HF -> .nemo conversion (precision None: the family's default) (run it inside the NeMo container)."""
     fam = get_family(family or detect_family(hf_dir))
     out = str(output_path)
     if not out.endswith(".nemo"):
         raise UserError(f"output_path={out!r}: the converter writes a .nemo file; end the name with .nemo")
-    return [
-        python,
-        _script(nemo_root, fam.hf_to_nemo),
-        f"--input_name_or_path={hf_dir}",
-        f"--output_path={out}",
-        f"--precision={_check_precision(precision)}",
-    ]
+    p = _check_precision(precision or fam.default_precision)
+    if p not in fam.precisions:
+        raise UserError(f"precision={p}: NeMo's {fam.hf_to_nemo} accepts {', '.join(fam.precisions)}; use one of them")
+    argv = [python, _script(nemo_root, fam.hf_to_nemo), f"--input_name_or_path={hf_dir}", f"--output_path={out}"]
+    if fam.tokenizer_flag:
+        argv.append(f"--tokenizer_path={Path(hf_dir) / 'tokenizer.model'}")
+    return argv + [f"--precision={p}"]
 
 
 def merge_lora_nemo_argv(
@@ -180,6 +193,11 @@ def nemo_to_hf_argv(
     (the mistral script would otherwise fetch `mistralai/Mistral-7B-v0.1` from the Hub).
     """
     fam = get_family(family or detect_family(hf_reference_dir))
+    if fam.nemo_to_hf is None:
+        raise UserError(
+            f"model_type {fam.name}: hpc-ft renders no .nemo -> HF export for this family; export a LoRA run of the "
+            "hf backend instead, or run NeMo's own export script in the container"
+        )
     out = Path(out_dir)
     p = _check_precision(precision)
     if fam.export_style == "llama":

@@ -1,10 +1,14 @@
 """Model architectures for the planner: shapes and parameter counts read from a HF ``config.json``.
 
-Supported ``model_type`` values: ``llama`` (incl. GQA, e.g. Llama-3), ``mistral``,
-``gpt_neox`` (e.g. rinna/japanese-gpt-neox-3.6b) and the encoder ``bert`` (classification and NER heads). A family entry says which keys to read and how
-the blocks are built (gated SwiGLU vs GELU MLP, RMSNorm vs LayerNorm with bias, biases on the
-projections, parallel residual). Unknown model types and missing keys raise :class:`UserError`
-naming the file and the key.
+The reading is generic: every family's config.json names the same shapes (``hidden_size``,
+``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size``,
+``vocab_size``, ``tie_word_embeddings``, ``max_position_embeddings``, ``head_dim``). A family is one
+row of :data:`FAMILIES` saying how its blocks are built (gated SwiGLU/GeGLU vs a GELU MLP, RMSNorm
+vs LayerNorm with bias, which projections carry biases and which config key switches them, norms
+per layer) and what its linear modules are called in transformers. Supported ``model_type``
+values: llama, mistral, qwen2, gemma, gemma2, gpt_neox, phi3, and the encoder bert (the classification
+and NER tasks' heads). Unknown model types and missing
+keys raise :class:`UserError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -18,86 +22,60 @@ from typing import Any, Mapping
 
 from hpc_ft.errors import UserError, did_you_mean
 
+#: the transformers module names of a Llama-style block (separate q/k/v, gated MLP), role per name
+_LLAMA_MODULES = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+}
+
 
 @dataclass(frozen=True)
 class Family:
-    """How one HF ``model_type`` is laid out."""
+    """How one HF ``model_type`` is laid out: one row of :data:`FAMILIES`."""
 
     name: str
-    gated_mlp: bool  # SwiGLU (gate, up, down) vs a 2-matrix GELU MLP
-    norm_bias: bool  # LayerNorm (weight + bias) vs RMSNorm (weight only)
-    qkv_bias_default: bool
-    out_bias_default: bool
-    mlp_bias_default: bool
-    parallel_residual_default: bool
-    tied_default: bool
-    kv_key: str | None  # config key for the number of KV heads (None: no GQA in this family)
-    # HF module names per block, for LoRA targets given the HF way
-    hf_modules: Mapping[str, str]
+    gated_mlp: bool = True  # SwiGLU/GeGLU (gate, up, down) vs a 2-matrix GELU MLP
+    norm_bias: bool = False  # LayerNorm (weight + bias) vs RMSNorm (weight only)
+    norms_per_layer: int = 2  # gemma2 adds a norm after attention and after the MLP
+    qkv_bias_default: bool = False
+    out_bias_default: bool = False
+    mlp_bias_default: bool = False
+    bias_key: str | None = "attention_bias"  # config key switching the attention biases (None: fixed)
+    mlp_bias_key: str | None = None  # config key switching the MLP biases (None: fixed)
+    parallel_residual_default: bool = False
+    tied_default: bool = False
+    kv_key: str | None = "num_key_value_heads"  # None: no GQA in this family
+    # transformers module name -> role (q, k, v, qkv, o, gate, up, fc1 = gate+up fused, down):
+    # every linear layer of a block, so "all" / "all-linear" LoRA means exactly these
+    hf_modules: Mapping[str, str] = None  # type: ignore[assignment]
 
 
 FAMILIES: Mapping[str, Family] = {
-    "llama": Family(
-        name="llama",
-        gated_mlp=True,
-        norm_bias=False,
-        qkv_bias_default=False,
-        out_bias_default=False,
-        mlp_bias_default=False,
-        parallel_residual_default=False,
-        tied_default=False,
-        kv_key="num_key_value_heads",
-        hf_modules={
-            "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
-            "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-        },
-    ),
-    "mistral": Family(
-        name="mistral",
-        gated_mlp=True,
-        norm_bias=False,
-        qkv_bias_default=False,
-        out_bias_default=False,
-        mlp_bias_default=False,
-        parallel_residual_default=False,
-        tied_default=False,
-        kv_key="num_key_value_heads",
-        hf_modules={
-            "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
-            "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-        },
-    ),
+    "llama": Family("llama", mlp_bias_key="mlp_bias", hf_modules=_LLAMA_MODULES),
+    "mistral": Family("mistral", bias_key=None, hf_modules=_LLAMA_MODULES),
+    # Qwen2: biases on q, k, v (not on o), always; small checkpoints tie the embeddings (config says so)
+    "qwen2": Family("qwen2", qkv_bias_default=True, bias_key=None, hf_modules=_LLAMA_MODULES),
+    # Gemma: GeGLU MLP, RMSNorm, tied embeddings, head_dim given explicitly (256)
+    "gemma": Family("gemma", tied_default=True, hf_modules=_LLAMA_MODULES),
+    "gemma2": Family("gemma2", tied_default=True, norms_per_layer=4, hf_modules=_LLAMA_MODULES),
+    # GPT-NeoX (rinna/japanese-gpt-neox-*): fused QKV, GELU MLP, LayerNorm with bias, parallel residual
     "gpt_neox": Family(
-        name="gpt_neox",
-        gated_mlp=False,
-        norm_bias=True,
-        qkv_bias_default=True,
-        out_bias_default=True,
-        mlp_bias_default=True,
-        parallel_residual_default=True,
-        tied_default=False,
-        kv_key=None,
-        hf_modules={
-            "query_key_value": "qkv", "dense": "o",
-            "dense_h_to_4h": "up", "dense_4h_to_h": "down",
-        },
+        "gpt_neox", gated_mlp=False, norm_bias=True, qkv_bias_default=True, out_bias_default=True,
+        mlp_bias_default=True, parallel_residual_default=True, kv_key=None,
+        hf_modules={"query_key_value": "qkv", "dense": "o", "dense_h_to_4h": "up", "dense_4h_to_h": "down"},
+    ),
+    # Phi-3: fused qkv_proj and gate_up_proj, no biases
+    "phi3": Family(
+        "phi3", bias_key=None,
+        hf_modules={"qkv_proj": "qkv", "o_proj": "o", "gate_up_proj": "fc1", "down_proj": "down"},
     ),
     # an encoder (the classification/NER tasks): LayerNorm with bias, biased projections, a GELU MLP; as a
     # classifier it has no LM head (its MLM head shares the embedding). Module names as peft matches them.
     "bert": Family(
-        name="bert",
-        gated_mlp=False,
-        norm_bias=True,
-        qkv_bias_default=True,
-        out_bias_default=True,
-        mlp_bias_default=True,
-        parallel_residual_default=False,
-        tied_default=True,
-        kv_key=None,
-        hf_modules={
-            "query": "q", "key": "k", "value": "v", "attention.output.dense": "o",
-            "intermediate.dense": "up", "output.dense": "down",
-        },
+        "bert", gated_mlp=False, norm_bias=True, qkv_bias_default=True, out_bias_default=True,
+        mlp_bias_default=True, bias_key=None, tied_default=True, kv_key=None,
+        hf_modules={"query": "q", "key": "k", "value": "v", "attention.output.dense": "o",
+                    "intermediate.dense": "up", "output.dense": "down"},
     ),
 }
 
@@ -126,6 +104,7 @@ class ModelArch:
     out_bias: bool = False
     mlp_bias: bool = False
     parallel_residual: bool = False
+    norms_per_layer: int = 2
     name: str = ""
     source: str = ""
 
@@ -175,7 +154,7 @@ class ModelArch:
 
     @property
     def layer_params(self) -> int:
-        return self.layer_linear_params + self.layer_bias_params + 2 * self.norm_params
+        return self.layer_linear_params + self.layer_bias_params + self.norms_per_layer * self.norm_params
 
     @property
     def attention_params(self) -> int:
@@ -270,8 +249,8 @@ def arch_from_hf_config(source: str | Path | Mapping[str, Any], name: str = "") 
     family = FAMILIES.get(str(model_type))
     if family is None:
         raise UserError(
-            f"model config {where}: model_type={model_type!r} is not supported by the planner."
-            f"{did_you_mean(str(model_type), FAMILIES)} Supported: {', '.join(FAMILIES)}."
+            f"model config {where}: model_type={model_type!r} is not a supported model family."
+            f"{did_you_mean(str(model_type), FAMILIES)} Supported: {', '.join(FAMILIES)}; use a checkpoint of one of these."
         )
     need = lambda key: _require_int(cfg, key, where, family.name)  # noqa: E731
     hidden = need("hidden_size")
@@ -294,14 +273,12 @@ def arch_from_hf_config(source: str | Path | Mapping[str, Any], name: str = "") 
             f"model config {where}: num_attention_heads={heads} is not divisible by "
             f"{family.kv_key}={kv_heads}."
         )
-    if family.name == "gpt_neox":
-        qkv_bias = bool(cfg.get("attention_bias", family.qkv_bias_default))
-        out_bias = qkv_bias
-        mlp_bias = family.mlp_bias_default
-    else:
-        qkv_bias = bool(cfg.get("attention_bias", family.qkv_bias_default))
-        out_bias = qkv_bias
-        mlp_bias = bool(cfg.get("mlp_bias", family.mlp_bias_default))
+    qkv_bias, out_bias = family.qkv_bias_default, family.out_bias_default
+    if family.bias_key and cfg.get(family.bias_key) is not None:
+        qkv_bias = out_bias = bool(cfg[family.bias_key])
+    mlp_bias = family.mlp_bias_default
+    if family.mlp_bias_key and cfg.get(family.mlp_bias_key) is not None:
+        mlp_bias = bool(cfg[family.mlp_bias_key])
     return ModelArch(
         family=family.name,
         num_layers=layers,
@@ -319,6 +296,7 @@ def arch_from_hf_config(source: str | Path | Mapping[str, Any], name: str = "") 
         out_bias=out_bias,
         mlp_bias=mlp_bias,
         parallel_residual=bool(cfg.get("use_parallel_residual", family.parallel_residual_default)),
+        norms_per_layer=family.norms_per_layer,
         name=name or str(cfg.get("_name_or_path") or ""),
         source=where,
     )

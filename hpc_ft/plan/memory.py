@@ -326,14 +326,15 @@ def estimate_nemo(req: PlanRequest, gpu: Gpu) -> Estimate:
 def hf_weight_dtype(req: PlanRequest, gpu: Gpu) -> str:
     """The dtype the hf backend loads the base weights in (see ``PlanRequest.hf_weights_dtype``).
 
-    The default mirrors ``hpc_ft.backends.hf_runtime.train.load_model``: bf16 weights for
-    ``precision=bf16`` on a GPU, fp32 otherwise (fp16 and CPU bf16 train fp32 weights under
-    autocast). 4-bit loading is handled by the caller.
+    The default mirrors ``hpc_ft.backends.hf_runtime.train.base_weight_dtype``: a frozen base (LoRA)
+    sits in the 16-bit type ``trainer.precision`` asks for (bf16 or fp16, CPU bf16 too); full
+    fine-tuning and precision 32 keep fp32 weights. 4-bit loading is handled by the caller.
     """
     if req.hf_weights_dtype:
         return req.hf_weights_dtype
-    if precision_dtype(req.precision) == "bf16" and not gpu.is_cpu:
-        return "bf16"
+    dtype = precision_dtype(req.precision)
+    if req.peft != "none" and dtype in ("bf16", "fp16"):
+        return dtype
     return "fp32"
 
 

@@ -41,12 +41,15 @@ def model_config_source(spec: DictConfig) -> Optional[Any]:
                 "num_hidden_layers": e.layers, "num_attention_heads": e.heads, "vocab_size": e.vocab_size,
                 "max_position_embeddings": e.max_positions}
     if m.build == "tiny":
-        from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec
+        from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec, model_config
+        from hpc_ft.models.family import job_family
 
-        t = TinyModelSpec()
-        return {"model_type": "llama", "hidden_size": t.hidden, "intermediate_size": t.intermediate,
-                "num_hidden_layers": t.layers, "num_attention_heads": t.heads, "num_key_value_heads": t.heads,
-                "vocab_size": t.vocab_size, "max_position_embeddings": t.max_positions, "tie_word_embeddings": True}
+        return model_config(TinyModelSpec(family=job_family(spec)))
+    if m.hf_path and os.path.isdir(m.hf_path):
+        raise UserError(
+            f"model.hf_path={m.hf_path}: the folder has no config.json, so it is not a Hugging Face checkpoint. "
+            "Point model.hf_path at the folder holding config.json, the weights and the tokenizer."
+        )
     return None
 
 
@@ -86,7 +89,7 @@ def plan_request(spec: DictConfig, source=None, **changes):
         ptuning_virtual_tokens=m.peft.p_tuning.virtual_tokens,
         ptuning_bottleneck_dim=m.peft.p_tuning.bottleneck_dim,
         ptuning_embedding_dim=m.peft.p_tuning.embedding_dim,
-        optimizer="adamw_torch" if hf else m.optim.name,
+        optimizer=("sgd" if m.optim.name == "sgd" else "adamw_torch") if hf else m.optim.name,
         recompute=None if hf else m.activations_checkpoint_granularity,
         flash_attention=flash,
         **_head(spec),
@@ -114,8 +117,9 @@ def _lora_targets(spec: DictConfig) -> tuple:
         return tuple(lora_target_list(spec).split(","))  # what the task job targets (all-linear off Llama)
     if spec.backend.name == "hf":
         from hpc_ft.backends.hf import lora_targets
+        from hpc_ft.models.family import job_family
 
-        return tuple(lora_targets(names))  # the module names the hf backend really targets
+        return tuple(lora_targets(names, job_family(spec)))  # the module names the hf backend really targets
     return tuple(names)
 
 

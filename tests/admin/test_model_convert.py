@@ -125,3 +125,49 @@ def test_hydra_override_paths_are_checked():
 def test_commands_text_quotes_each_argument():
     text = commands_text([["python", "/opt/x.py", "--input_name_or_path=/a b/c"]])
     assert text == "python /opt/x.py '--input_name_or_path=/a b/c'\n"
+
+
+@pytest.mark.parametrize("model_type, script, extra", [
+    ("llama", "convert_llama_hf_to_nemo.py", []),
+    ("mistral", "convert_mistral_7b_hf_to_nemo.py", []),
+    ("qwen2", "convert_qwen2_hf_to_nemo.py", []),
+    ("gemma", "convert_gemma_hf_to_nemo.py", ["--tokenizer_path"]),
+])
+def test_model_convert_job_follows_config_json_and_names_the_nemo_after_the_folder(tmp_path, model_type, script, extra):
+    from hpc_ft.backends.nemo import convert_steps
+    from hpc_ft.compose.compose import compose_job
+
+    folder = tmp_path / f"my-{model_type}-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    spec = compose_job(["backend=nemo", "model=hf", f"model.hf_path={folder}"], work_dir=str(tmp_path))
+    assert spec.model.name == folder.name
+    (step,) = convert_steps(spec)
+    argv = [str(a) for a in step.argv]
+    assert any(a.endswith("/" + script) for a in argv), argv
+    assert f"--output_path={folder}/{folder.name}.nemo" in argv
+    assert all(any(a.startswith(flag) for a in argv) for flag in extra)
+
+
+def test_model_convert_refuses_a_family_nemo_cannot_convert_naming_config_json(tmp_path):
+    from hpc_ft.backends.nemo import convert_steps
+    from hpc_ft.compose.compose import compose_job
+
+    folder = tmp_path / "japanese-gpt-neox-3.6b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    spec = compose_job(["backend=nemo", "model=hf", f"model.hf_path={folder}"], work_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"config.json: model_type=gpt_neox: NeMo 1.x has no HF-to-NeMo converter.*backend=hf"):
+        convert_steps(spec)
+
+
+def test_backend_convert_script_overrides_the_family_script(tmp_path):
+    from hpc_ft.backends.nemo import convert_steps
+    from hpc_ft.compose.compose import compose_job
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    spec = compose_job(["backend=nemo", "model=hf", f"model.hf_path={folder}", "backend.convert_script=/opt/x/conv.py"],
+                       work_dir=str(tmp_path))
+    assert [str(a) for a in convert_steps(spec)[0].argv][1] == "/opt/x/conv.py"

@@ -22,6 +22,12 @@ PUBLISHED = {
     "llama-3-8b": 8.03,
     "mistral-7b-v0.1": 7.24,
     "rinna-japanese-gpt-neox-3.6b": 3.6,
+    "qwen2-7b": 7.62,
+    "qwen2-0.5b": 0.49,
+    "gemma-2b": 2.51,
+    "gemma-7b": 8.54,
+    "gemma2-2b": 2.61,
+    "phi3-mini-4k": 3.82,
 }
 
 
@@ -91,3 +97,38 @@ def test_missing_file_and_bad_json_are_user_errors(tmp_path):
 def test_padded_vocab_follows_megatron():
     arch = load_arch(fixture_path("llama-2-7b"))
     assert arch.padded_vocab(1) == 32000 and arch.padded_vocab(4) == 32256
+
+
+def test_qwen2_has_biases_on_q_k_v_only():
+    qwen = load_arch(fixture_path("qwen2-7b"))
+    assert qwen.family == "qwen2" and qwen.qkv_bias and not qwen.out_bias and not qwen.mlp_bias
+    assert qwen.layer_bias_params == qwen.qkv_out == 3584 + 2 * 4 * 128
+    assert load_arch(fixture_path("qwen2-0.5b")).tied_embeddings
+
+
+def test_gemma_reads_head_dim_and_ties_embeddings_by_default():
+    gemma = load_arch(fixture_path("gemma-7b"))
+    assert gemma.head_dim == 256 and gemma.q_dim == 4096 != gemma.hidden
+    assert gemma.tied_embeddings and gemma.output_params == 0
+    gemma2 = load_arch(fixture_path("gemma2-2b"))
+    assert gemma2.norms_per_layer == 4 and gemma2.kv_heads == 4
+
+
+def test_phi3_modules_are_fused_qkv_and_gate_up():
+    from hpc_ft.plan.arch import FAMILIES
+
+    assert FAMILIES["phi3"].hf_modules == {"qkv_proj": "qkv", "o_proj": "o", "gate_up_proj": "fc1", "down_proj": "down"}
+
+
+def test_a_new_family_is_a_table_row(monkeypatch):
+    from hpc_ft.plan import arch
+
+    monkeypatch.setitem(arch.FAMILIES, "my_llama", arch.Family("my_llama", hf_modules={"q_proj": "q"}))
+    cfg = json.loads((FIXTURES / "llama-2-7b.json").read_text())
+    assert arch_from_hf_config({**cfg, "model_type": "my_llama"}).num_params == 6_738_415_616
+
+
+def test_unsupported_model_type_names_the_supported_families(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "hidden_size": 768}))
+    with pytest.raises(UserError, match=r"model_type='t5' is not a supported model family.*qwen2.*phi3"):
+        arch_from_hf_config(tmp_path)

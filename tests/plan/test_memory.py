@@ -208,9 +208,12 @@ def test_headroom_is_configurable(reference):
 
 
 def test_hf_default_weight_dtype_mirrors_the_hf_runtime(llama3):
-    # bf16 on a GPU loads bf16 weights; fp16, and bf16 on the CPU, train fp32 weights under autocast
+    # a LoRA base sits in the 16-bit type trainer.precision asks for (fp16, bf16, on the CPU too), as
+    # hf_runtime.train.base_weight_dtype loads it; full fine-tuning keeps fp32 master weights
     assert estimate(hf(llama3)).breakdown["weight_copies"] == 0
     fp16 = estimate(hf(llama3, gpu="V100-32GB", precision="16")).breakdown
-    assert fp16["weights"] == pytest.approx(llama3.num_params * 4 / 2**30) and fp16["weight_copies"] > 0
+    assert fp16["weights"] == pytest.approx(llama3.num_params * 2 / 2**30) and fp16["weight_copies"] == 0
     cpu = estimate(hf(llama3, gpu="cpu", cpu_memory_gib=256.0, precision="bf16")).breakdown
-    assert cpu["weights"] == pytest.approx(llama3.num_params * 4 / 2**30)
+    assert cpu["weights"] == pytest.approx(llama3.num_params * 2 / 2**30)
+    full = estimate(hf(llama3, gpu="H100-80GB", precision="bf16", peft_scheme="none")).breakdown
+    assert full["weights"] == pytest.approx(llama3.num_params * 4 / 2**30) and full["weight_copies"] > 0

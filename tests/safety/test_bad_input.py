@@ -349,6 +349,23 @@ CASES += [
 ]
 
 
+# ---- #12 models: a checkpoint folder without config.json, a model_type no family row covers ----------
+def _checkpoint(d: Path, config: Optional[dict]) -> List[str]:
+    folder = d / "my-checkpoint"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return ["model=hf", f"model.hf_path={_q(folder)}"]
+
+
+CASES += [
+    Case("model-folder-without-config", lambda d: _checkpoint(d, None), ("model.hf_path=", "my-checkpoint", "config.json")),
+    Case("model-type-unsupported", lambda d: _checkpoint(d, {"model_type": "t5", "hidden_size": 768}),
+         ("model_type='t5'", "Supported:", "llama")),
+]
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_bad_input_is_a_short_clean_error(case: Case, tmp_path: Path):
     here = tmp_path / "case"         # the submitting directory: Slurm records it as the job's WorkDir

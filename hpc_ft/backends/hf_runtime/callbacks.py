@@ -1,7 +1,8 @@
-"""Trainer callbacks of train.py: progress events (train/eval/checkpoint) and the save-and-stop on SIGUSR1/SIGTERM."""
+"""Trainer callbacks of train.py: progress events (train/eval/checkpoint), keeping the top-k checkpoints, and the save-and-stop on SIGUSR1/SIGTERM."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -112,6 +113,52 @@ class ProgressEvents(TrainerCallback):
         if self.is_main:
             say(f"[checkpoint] step {state.global_step} -> {path}")
         self._restart_clock()
+
+
+class GeneratingValidation(TrainerCallback):
+    """NeMo's validation with a generation metric (metric.name=exact_string_match): at each evaluation,
+    greedy answers of up to tokens_to_generate tokens to the validation prompts, scored by exact string
+    match, added to the evaluation's metrics as eval_exact_string_match (before early stopping and the
+    best-checkpoint choice read them)."""
+
+    def __init__(self, tokenizer, rendered: list, tokens_to_generate: int, batch_size: int):
+        self.tokenizer, self.rendered = tokenizer, rendered
+        self.tokens_to_generate, self.batch_size = tokens_to_generate, batch_size
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        from hpc_ft.backends.hf_runtime.generate import exact_match, generate_answers
+
+        was_training = model.training
+        model.eval()
+        answers = generate_answers(model, self.tokenizer, self.rendered, self.tokens_to_generate, self.batch_size)
+        if was_training:
+            model.train()
+        score = sum(exact_match(a, r.label) for a, r in zip(answers, self.rendered)) / max(1, len(self.rendered))
+        metrics["eval_exact_string_match"] = score
+        if state.log_history and "eval_loss" in state.log_history[-1]:
+            state.log_history[-1]["eval_exact_string_match"] = score  # KeepTopK reads the history
+
+
+class KeepTopK(TrainerCallback):
+    """NeMo's `save_top_k`: after each save keep the k best checkpoints by the monitored metric, and the
+    latest one (resume starts there); delete the others. Runs on the main process only."""
+
+    def __init__(self, k: int, metric: str, greater_is_better: bool, is_main: bool):
+        self.k, self.metric, self.greater_is_better, self.is_main = k, metric, greater_is_better, is_main
+
+    def keep(self, steps: list[int], metric_at: dict[int, float]) -> set[int]:
+        scored = sorted((s for s in steps if s in metric_at),
+                        key=lambda s: (-metric_at[s] if self.greater_is_better else metric_at[s], -s))
+        return set(scored[: self.k]) | ({max(steps)} if steps else set())
+
+    def on_save(self, args, state, control, **kwargs):
+        if not self.is_main:
+            return
+        folders = {int(p.name.split("-")[-1]): p for p in Path(args.output_dir).glob("checkpoint-*")
+                   if p.name.split("-")[-1].isdigit()}
+        metric_at = {int(e["step"]): float(e[self.metric]) for e in state.log_history if self.metric in e}
+        for step in sorted(set(folders) - self.keep(sorted(folders), metric_at)):
+            shutil.rmtree(folders[step], ignore_errors=True)
 
 
 class PreemptionCallback(TrainerCallback):

@@ -1,4 +1,4 @@
-"""Build a tiny Llama base model from the job's train files: BPE tokenizer, short warm-up on the prompts only, saved like a hub snapshot."""
+"""Build a tiny base model (Llama or GPT-NeoX layout) from the job's train files: BPE tokenizer, short warm-up on the prompts only, saved like a hub snapshot."""
 
 from __future__ import annotations
 
@@ -34,6 +34,41 @@ class TinyModelSpec:
     warmup_batch_size: int = 16
     echo_steps: int = 300
     seed: int = 0
+    family: str = "llama"  # a key of TINY_FAMILIES: the config.json model_type of the result
+    chat_template: str | None = None  # a key of CHAT_TEMPLATES: written into the tokenizer
+
+
+#: the model_types the builder can lay out (rinna/japanese-gpt-neox-* is gpt_neox)
+TINY_FAMILIES = ("llama", "gpt_neox")
+
+#: chat templates a tiny tokenizer can carry, as Jinja for `apply_chat_template`
+CHAT_TEMPLATES = {
+    # Llama-2 chat / ELYZA: [INST] <<SYS>> system <</SYS>> user [/INST] answer </s>
+    "llama2": (
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set system = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}"
+        "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}"
+        "{{ bos_token + '[INST] ' + (system if loop.first else '') + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+}
+
+
+def model_config(spec: TinyModelSpec, vocab_size: int | None = None, **token_ids) -> dict:
+    """The config.json fields of the tiny model (also what the planner reads before the job builds it)."""
+    common = {
+        "vocab_size": vocab_size or spec.vocab_size, "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads, "max_position_embeddings": spec.max_positions, **token_ids,
+    }
+    if spec.family == "gpt_neox":
+        # rinna's layout: parallel residual, rotary on a quarter of each head, untied output layer
+        return {"model_type": "gpt_neox", **common, "rotary_pct": 0.25, "use_parallel_residual": True,
+                "tie_word_embeddings": False}
+    return {"model_type": "llama", **common, "num_key_value_heads": spec.heads, "tie_word_embeddings": True}
 
 
 def train_files_in(data_dir: Path) -> list[Path]:
@@ -102,23 +137,13 @@ def portable_tokenizer_config(path: Path) -> None:
 
 def build_model(spec: TinyModelSpec, tokenizer):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    fields = model_config(spec, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(**fields)
     torch.manual_seed(spec.seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def echo_of(prompt: str) -> str:
@@ -207,7 +232,7 @@ def build_tiny_model(train_files, output: str | Path, spec: TinyModelSpec = Tiny
     tokenizer = train_tokenizer(prompts + answers, spec.vocab_size)
     model = build_model(spec, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"tiny model: vocab {len(tokenizer)}, hidden {spec.hidden}, layers {spec.layers}, {n_params:,} parameters")
+    log(f"tiny model: {spec.family}, vocab {len(tokenizer)}, hidden {spec.hidden}, layers {spec.layers}, {n_params:,} parameters")
     torch.manual_seed(spec.seed)
     losses = warm_up(model, tokenizer, prompts, spec)
     for phase, values in losses.items():
@@ -216,6 +241,8 @@ def build_tiny_model(train_files, output: str | Path, spec: TinyModelSpec = Tiny
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if spec.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATES[spec.chat_template]
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     portable_tokenizer_config(staging / "tokenizer_config.json")
@@ -242,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = TinyModelSpec()
     parser = argparse.ArgumentParser(
         prog="python -m hpc_ft.backends.hf_runtime.tiny_model",
-        description="Build a tiny Llama model (tokenizer + warm-up on prompts) from the job's train files.",
+        description="Build a tiny Llama or GPT-NeoX model (tokenizer + warm-up on prompts) from the job's train files.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--train-file", nargs="+", metavar="FILE",
@@ -263,6 +290,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-lr", type=float, default=defaults.warmup_lr)
     parser.add_argument("--warmup-batch-size", type=int, default=defaults.warmup_batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--family", default=defaults.family, choices=TINY_FAMILIES,
+                        help="layout and config.json model_type of the model (gpt_neox: rinna's)")
+    parser.add_argument("--chat-template", default=None, choices=sorted(CHAT_TEMPLATES),
+                        help="give the tokenizer this chat template (for template=chat)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args(argv)
 
@@ -272,6 +303,7 @@ def spec_from_args(args: argparse.Namespace) -> TinyModelSpec:
         hidden=args.hidden, layers=args.layers, heads=args.heads, intermediate=args.intermediate,
         vocab_size=args.vocab_size, max_positions=args.max_positions, warmup_steps=args.warmup_steps,
         echo_steps=args.echo_steps, warmup_lr=args.warmup_lr, warmup_batch_size=args.warmup_batch_size, seed=args.seed,
+        family=args.family, chat_template=args.chat_template,
     )
     for name in ("hidden", "layers", "heads", "intermediate", "max_positions", "warmup_batch_size"):
         if getattr(spec, name) < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.errors import UserError, did_you_mean
 
+#: --monitor (NeMo's metric name) -> the Trainer's metric
+MONITORED = {"val_loss": "eval_loss", "validation_exact_string_match": "eval_exact_string_match"}
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
 
 
@@ -35,10 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-size", type=int, default=4, help="examples per device per forward pass")
     p.add_argument("--global-batch-size", type=int, default=16, help="examples per optimizer step over all ranks")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--lr-scheduler", default="linear", choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--optim", default="adamw", help="fused_adam/adamw (AdamW), adam, sgd (NeMo's model.optim.name)")
+    p.add_argument("--betas", default="0.9,0.999", help="Adam betas, b1,b2")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="on matrices; biases and norm weights get none")
+    p.add_argument("--lr-scheduler", default="linear", help="CosineAnnealing/cosine, linear/WarmupAnnealing, constant")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up from 0 to --lr")
+    p.add_argument("--min-lr", type=float, default=0.0, help="where the cosine or linear decay ends")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 = no clipping")
+    p.add_argument("--max-epochs", type=int, default=-1, help="stop after this many passes over the data; -1 = no limit")
+    p.add_argument("--save-top-k", type=int, default=1,
+                   help="keep the k best checkpoints by --monitor (and the latest, to resume); -1 = keep all")
+    p.add_argument("--monitor", default="val_loss", choices=sorted(MONITORED), help="metric for early stopping and best")
+    p.add_argument("--val-metric", default="loss", choices=["loss", "exact_string_match"],
+                   help="exact_string_match: also generate answers to the validation prompts and score them")
+    p.add_argument("--val-tokens-to-generate", type=int, default=10, help="with --val-metric exact_string_match")
+    p.add_argument("--mode", default="min", choices=["min", "max"], help="min: lower --monitor is better")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in backward")
+    p.add_argument("--tensorboard-dir", default=None, help="write TensorBoard event files here")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--peft", default="lora", choices=["lora", "qlora", "none"])
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16)
@@ -47,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32", help="32, bf16, or 16 (16 needs a GPU)")
     p.add_argument("--max-seq-length", type=int, default=512)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--save-total-limit", type=int, default=2)
     p.add_argument("--resume", default="auto", choices=["auto", "never"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     p.add_argument("--log-every", type=int, default=5, help="a train event every N steps")
@@ -61,7 +77,7 @@ def world_size_from_env() -> int:
 def check_args(args: argparse.Namespace, world_size: int, has_cuda: bool) -> argparse.Namespace:
     """Refuse bad values with one-line UserErrors; fills args.precision (normalized) and args.grad_accum."""
     positive = ("max_steps", "eval_steps", "micro_batch_size", "global_batch_size", "lora_r", "max_seq_length",
-                "save_total_limit", "log_every")
+                "log_every")
     for name in positive:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1.")
@@ -71,6 +87,9 @@ def check_args(args: argparse.Namespace, world_size: int, has_cuda: bool) -> arg
         raise UserError(f"--lr={args.lr}: must be positive, e.g. 1e-4 for LoRA.")
     if not 0 <= args.lora_dropout < 1:
         raise UserError(f"--lora-dropout={args.lora_dropout}: must be in [0, 1).")
+    check_optim_args(args)
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers={args.num_workers}: must not be negative (0 loads data in the training process).")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads={args.threads}: must be at least 1 (or leave it out).")
     per_step = args.micro_batch_size * world_size
@@ -98,33 +117,70 @@ def check_args(args: argparse.Namespace, world_size: int, has_cuda: bool) -> arg
     return args
 
 
+def check_optim_args(args: argparse.Namespace) -> None:
+    """Optimizer, schedule, epochs and checkpoint-keeping values; fills args.betas as two floats."""
+    from hpc_ft.backends.hf_runtime.optim import check_optimizer, check_schedule
+
+    check_optimizer(args.optim)
+    check_schedule(args.lr_scheduler)
+    try:
+        betas = tuple(float(b) for b in str(args.betas).split(","))
+    except ValueError:
+        betas = ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise UserError(f"--betas={args.betas}: give two numbers in [0, 1), e.g. 0.9,0.999.")
+    args.betas = betas
+    if args.weight_decay < 0 or args.min_lr < 0 or args.grad_clip < 0 or args.warmup_steps < 0:
+        raise UserError(f"--weight-decay={args.weight_decay} --min-lr={args.min_lr} --grad-clip={args.grad_clip} "
+                        f"--warmup-steps={args.warmup_steps}: must not be negative.")
+    if args.min_lr > args.lr:
+        raise UserError(f"--min-lr={args.min_lr} is above --lr={args.lr}; the decay ends at min_lr, so lower it.")
+    if args.max_epochs == 0 or args.max_epochs < -1:
+        raise UserError(f"--max-epochs={args.max_epochs}: use a positive number of epochs, or -1 for no limit.")
+    if args.monitor == "validation_exact_string_match" and args.val_metric != "exact_string_match":
+        raise UserError("--monitor=validation_exact_string_match needs --val-metric exact_string_match.")
+    if args.val_tokens_to_generate < 1:
+        raise UserError(f"--val-tokens-to-generate={args.val_tokens_to_generate}: must be at least 1.")
+    if args.save_top_k == 0 or args.save_top_k < -1:
+        raise UserError(f"--save-top-k={args.save_top_k}: keep at least 1 checkpoint (the best), or -1 for all.")
+
+
 def lora_targets(model, spec: str) -> list[str] | str:
     """The --lora-targets list, checked against the model's module names."""
     if spec.strip() == "all-linear":
         return "all-linear"
     targets = [t.strip() for t in spec.split(",") if t.strip()]
+    import torch
+
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and name != "lm_head"})
     for target in targets:
         if target not in names:
-            linear = sorted(n for n in names if n.endswith("_proj"))
             raise UserError(
-                f"--lora-targets: '{target}' names no module of this model (it has "
-                f"{', '.join(linear) or 'no *_proj modules'}).{did_you_mean(target, names)} Fix the list."
+                f"--lora-targets: '{target}' names no module of this model (its linear layers: "
+                f"{', '.join(linear)}).{did_you_mean(target, names)} Fix the list."
             )
     if not targets:
         raise UserError("--lora-targets is empty; give e.g. q_proj,v_proj or all-linear.")
     return targets
 
 
+def base_weight_dtype(args):
+    """A frozen base sits in the 16-bit type trainer.precision asks for (peft keeps the adapters in fp32);
+    full fine-tuning keeps fp32 master weights and lets autocast do the rest. (plan.memory.hf_weight_dtype agrees.)"""
+    import torch
+
+    if args.peft == "none" or args.precision == "32":
+        return torch.float32
+    return torch.bfloat16 if args.precision == "bf16" else torch.float16
+
+
 def load_model(args, has_cuda: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    # A frozen base may sit in half precision on a GPU (peft keeps the adapter weights in fp32);
-    # full fine-tuning and everything on CPU keep fp32 weights and let autocast do the rest.
-    dtype = torch.float32
-    if has_cuda and args.peft != "none" and args.precision != "32":
-        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
+    dtype = base_weight_dtype(args)
     load_kwargs = {"dtype": dtype}
     if args.peft == "qlora":
         import importlib.util
@@ -140,6 +196,14 @@ def load_model(args, has_cuda: bool):
         )
         load_kwargs["dtype"] = compute
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **load_kwargs)
+    if args.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; 4.x has only the old one
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        if args.peft != "none":
+            model.enable_input_require_grads()  # a frozen embedding gives the checkpointed layers no grad to carry
     if args.peft == "none":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -153,19 +217,16 @@ def load_model(args, has_cuda: bool):
     return get_peft_model(model, config)
 
 
-def training_arguments(args, has_cuda: bool, world_size: int):
+def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(Path(args.output_dir).resolve()),
-        max_steps=args.max_steps,
+        max_steps=max_steps,
         per_device_train_batch_size=args.micro_batch_size,
         per_device_eval_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.lr,
-        lr_scheduler_type=args.lr_scheduler,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
+        learning_rate=args.lr,  # the optimizer and schedule themselves come from hf_runtime.optim
         max_grad_norm=args.grad_clip,
         logging_strategy="steps",
         logging_steps=args.log_every,
@@ -173,21 +234,45 @@ def training_arguments(args, has_cuda: bool, world_size: int):
         eval_steps=args.eval_steps,
         save_strategy="steps",
         save_steps=args.eval_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=None,  # KeepTopK prunes: the k best by the monitored metric, and the latest
         load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model=MONITORED[args.monitor],
+        greater_is_better=args.mode == "max",
         seed=args.seed,
         bf16=args.precision == "bf16",
         fp16=args.precision == "16",
         use_cpu=not has_cuda,
         ddp_backend=("gloo" if not has_cuda else "nccl") if world_size > 1 else None,
         ddp_find_unused_parameters=False if world_size > 1 else None,
-        dataloader_num_workers=0,
+        dataloader_num_workers=args.num_workers,
         remove_unused_columns=False,
-        report_to="none",
+        report_to="none",  # TensorBoard: the callback that _train adds with its own writer
         disable_tqdm=True,
     )
+
+
+def tensorboard_callback(log_dir: str):
+    """transformers' TensorBoard reporting (train/loss, eval/loss, train/learning_rate, ...) through torch's
+    SummaryWriter into `log_dir`, whatever this transformers version does with its logging dir."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))
+
+
+def steps_per_epoch(n_rows: int, world_size: int, micro_batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass over `n_rows` (each rank reads ceil(n/world) rows in micro batches)."""
+    batches = math.ceil(math.ceil(n_rows / world_size) / micro_batch_size)
+    return max(1, math.ceil(batches / grad_accum))
+
+
+def step_budget(args, n_rows: int, world_size: int) -> tuple[int, int | None]:
+    """(steps to train, the epoch limit's steps when --max-epochs binds first, else None)."""
+    if args.max_epochs == -1:
+        return args.max_steps, None
+    by_epochs = args.max_epochs * steps_per_epoch(n_rows, world_size, args.micro_batch_size, args.grad_accum)
+    return (by_epochs, by_epochs) if by_epochs < args.max_steps else (args.max_steps, None)
 
 
 def resume_point(args, log) -> tuple[Path | None, dict | None]:
@@ -197,7 +282,8 @@ def resume_point(args, log) -> tuple[Path | None, dict | None]:
     if args.resume == "never":
         return None, None
     end = read_end_record(args.output_dir)
-    if end and (end.get("reason") == "early_stop" or (end.get("reason") == "max_steps" and end.get("step", 0) >= args.max_steps)):
+    if end and (end.get("reason") in ("early_stop", "max_epochs")
+                or (end.get("reason") == "max_steps" and end.get("step", 0) >= args.max_steps)):
         return None, end
     latest = latest_checkpoint(args.output_dir)
     if latest is not None:
@@ -235,7 +321,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
 
-    from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.callbacks import GeneratingValidation, KeepTopK, ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.sft_data import load_rendered
+    from hpc_ft.data.spec import DataOptions
+    from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
     from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, load_splits
@@ -264,7 +353,12 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
         return collator(features)
 
+    max_steps, epoch_limit = step_budget(args, len(train.examples), world_size)
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    if args.save_top_k != -1:
+        callbacks.append(KeepTopK(args.save_top_k, MONITORED[args.monitor], args.mode == "max", is_main))
+    if args.tensorboard_dir and is_main:
+        callbacks.append(tensorboard_callback(args.tensorboard_dir))
     if world_size > 1:  # each rank says where it ran and what it ended with (multi-node checks read it)
         from hpc_ft.backends.hf_runtime.ranks import RankReport
 
@@ -273,9 +367,16 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
         callbacks.insert(0, early)
+    if args.val_metric == "exact_string_match":  # first: early stopping and the best checkpoint read its metric
+        rendered = [r for part in load_rendered(args.valid_file, DataOptions.from_json(args.data_options), tokenizer,
+                                                "--valid-file") for r in part]
+        callbacks.insert(0, GeneratingValidation(tokenizer, rendered, args.val_tokens_to_generate,
+                                                 args.micro_batch_size))
+    optimizer = build_optimizer(model, args)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, has_cuda, world_size),
+        args=training_arguments(args, has_cuda, world_size, max_steps),
+        optimizers=(optimizer, build_scheduler(optimizer, args, max_steps)),
         train_dataset=train.examples,
         eval_dataset=valid.examples,
         data_collator=collate,
@@ -284,15 +385,19 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     )
     trainer.remove_callback(PrinterCallback)
 
-    events.write("start", max_steps=args.max_steps, world_size=world_size,
+    events.write("start", max_steps=max_steps, max_epochs=args.max_epochs, world_size=world_size,
                  resumed_from=str(resume_from) if resume_from else None, micro_batch_size=args.micro_batch_size,
                  global_batch_size=args.global_batch_size, grad_accum=args.grad_accum, peft=args.peft,
                  trainable_params=trainable, total_params=total, n_train=len(train.examples),
-                 n_valid=len(valid.examples), output_dir=str(output_dir))
+                 n_valid=len(valid.examples), output_dir=str(output_dir), optim=args.optim, lr=args.lr,
+                 lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps, min_lr=args.min_lr,
+                 weight_decay=args.weight_decay, betas=list(args.betas), grad_clip=args.grad_clip,
+                 base_dtype=str(model.get_input_embeddings().weight.dtype).replace("torch.", ""),
+                 gradient_checkpointing=args.gradient_checkpointing)
     log(f"[start] {args.peft} on {args.model_dir}: {trainable:,} of {total:,} parameters trainable; "
         f"{len(train.examples)} train / {len(valid.examples)} valid rows; world {world_size}, "
         f"mbs {args.micro_batch_size} x accum {args.grad_accum} = gbs {args.global_batch_size}; "
-        f"max_steps {args.max_steps}, eval every {args.eval_steps}")
+        f"max_steps {max_steps}{f' ({args.max_epochs} epochs)' if epoch_limit else ''}, eval every {args.eval_steps}")
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -303,6 +408,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         reason = "preempted"
     elif early is not None and early.early_stopping_patience_counter >= args.patience:
         reason = "early_stop"
+    elif epoch_limit is not None:
+        reason = "max_epochs"
     else:
         reason = "max_steps"
 
