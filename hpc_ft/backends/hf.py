@@ -7,54 +7,29 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
+    LORA_TARGETS, PEFT_SCHEMES, eval_interval, lora_targets, max_steps, paths)
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 
-# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
-LORA_TARGETS = {
-    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
-    "attention_dense": ["o_proj"],
-    "mlp_fc1": ["gate_proj", "up_proj"],
-    "mlp_fc2": ["down_proj"],
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
 
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
 
 
-def lora_targets(names) -> List[str]:
-    out: List[str] = []
-    for n in names:
-        for t in LORA_TARGETS.get(n, [n]):
-            if t not in out:
-                out.append(t)
-    return out
+def data_args(spec: DictConfig, splits) -> List[Token]:
+    """The job's data as the node programs parse it: model.data.*_ds.file_names and the format/template keys."""
+    from hpc_ft.data.spec import data_arguments, options_from_spec, splits_from_spec
+
+    return data_arguments(splits_from_spec(spec, splits), options_from_spec(spec))
 
 
-def eval_interval(spec: DictConfig, max_steps: int) -> int:
-    v = spec.trainer.val_check_interval
-    if isinstance(v, float):
-        return max(1, round(v * max_steps))
-    return int(v)
+def tiny_model_data_args(spec: DictConfig) -> List[Token]:
+    from hpc_ft.data.spec import options_from_spec
 
-
-def max_steps(spec: DictConfig) -> int:
-    return int(spec.sweep.steps or spec.trainer.max_steps)
-
-
-def paths(run_dir: str) -> Dict[str, str]:
-    return {
-        "checkpoints": os.path.join(run_dir, "checkpoints"),
-        "events": os.path.join(run_dir, "events.jsonl"),
-        "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
-        "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
-    }
+    return ["--train-file", *spec.model.data.train_ds.file_names, "--data-options", options_from_spec(spec).to_json()]
 
 
 def job_env(spec: DictConfig) -> Dict[str, str]:
@@ -65,6 +40,10 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    if spec.task.name != "sft":  # classification, NER, preference: their own steps
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.train_steps(spec, run_dir)
     m, t = spec.model, spec.trainer
     p = paths(run_dir)
     steps_n = max_steps(spec)
@@ -75,15 +54,14 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         steps.append(
             Step(
                 "build-model",
-                in_container(spec, [py, "-m", TINY_MODULE, "--data-dir", spec.data.dir, "--output", m.hf_path,
+                in_container(spec, [py, "-m", TINY_MODULE, *tiny_model_data_args(spec), "--output", m.hf_path,
                                     "--if-missing", "--seed", m.seed], gpus=False),
                 skip_if_exists=os.path.join(m.hf_path, "config.json"),
             )
         )
     args: List[Token] = [
         "--model-dir", m.hf_path,
-        "--train-file", spec.data.train_file,
-        "--valid-file", spec.data.validation_file,
+        *data_args(spec, ("train", "validation")),
         "--output-dir", p["checkpoints"],
         "--events", p["events"],
         "--max-steps", steps_n,
@@ -115,13 +93,17 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    if spec.task.name != "sft":
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.eval_steps(spec, run_dir)
     p = tp = paths(run_dir)
     py = python_exe(spec)
     cmd: List[Token] = [
         py, "-m", GENERATE_MODULE,
         "--model-dir", spec.model.hf_path,
         "--adapter", "auto:" + tp["checkpoints"],
-        "--test-file", spec.data.test_file,
+        *data_args(spec, ("test",)),
         "--output", p["predictions"],
         "--base-output", p["base_predictions"],
         "--max-new-tokens", spec.backend.generate_max_new_tokens,
@@ -134,7 +116,7 @@ class HfBackend:
     """hf as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to hf's run reader."""
 
     name = "hf"
-    tasks = ("sft",)
+    tasks = ("sft", "classification", "token_classification", "preference")  # the last three: hf_tasks
     keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
 
     def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
@@ -156,7 +138,7 @@ class HfBackend:
     def point_values(self, spec, run_dir):
         return []  # every point writes into its own run directory already
 
-    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, object]:
+    def reader_kwargs(self, cfg: DictConfig, run_dir) -> Dict[str, object]:
         return {}
 
     def read_events(self, run_dir):

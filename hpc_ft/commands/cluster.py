@@ -33,9 +33,12 @@ def add_commands(sub) -> None:
     c.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="Hydra overrides, e.g. cluster=nig cluster.partition=gpu container.image=~/nemo_24.03.sif")
     c.add_argument("--json", action="store_true")
-    c.add_argument("--probe", action="store_true",
-                   help="multi-node profiles (cluster.nodes > 1): also submit a probe job on cluster.nodes nodes and "
-                        "check that they all reach the rendezvous host (waits for it to run)")
+    c.add_argument("--probe", dest="probe", action="store_true", default=True,
+                   help="(the default) submit tiny probe jobs under this profile's rules: what the node finds (the "
+                        "job's interpreter, torch, the container runtime) and, when cluster.nodes > 1, whether "
+                        "cluster.nodes nodes reach the rendezvous host; waits for them to run")
+    c.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="check the profile against Slurm without submitting any job")
     c.add_argument("--probe-timeout", type=int, default=300, metavar="S", help="seconds to wait for the probe job")
     c.set_defaults(func=cmd_check)
 
@@ -324,6 +327,16 @@ def _check_multinode(spec, part: str | None, probe: bool, probe_timeout: int, ch
         checks.extend(Check(*t) for t in check_probe(spec, probe_timeout))
 
 
+def _check_node_environment(spec, probe: bool, probe_timeout: int, checks: list[Check]) -> None:
+    from hpc_ft.commands.cluster_probe import check_node_environment
+
+    if not probe:
+        checks.append(Check("node-env", SKIP, "--no-probe: no probe job submitted (interpreter, torch and container "
+                                              "runtime on the node unchecked)"))
+    elif checks[-1].status == OK:
+        checks.extend(Check(*t) for t in check_node_environment(spec, probe_timeout))
+
+
 def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Check]:
     checks: list[Check] = []
     c = spec.cluster
@@ -335,6 +348,7 @@ def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Chec
         part = _check_partition(spec, checks)
         _check_gpus(spec, part, checks)
         _check_test_only(spec, checks)
+        _check_node_environment(spec, probe, probe_timeout, checks)
         if int(c.nodes) > 1:
             _check_multinode(spec, part, probe, probe_timeout, checks)
         elif probe:

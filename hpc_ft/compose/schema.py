@@ -120,6 +120,10 @@ class TrainDsConf:
     concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 2048
     num_workers: int = 0
+    # NeMo's template syntax, fields in braces, the answer (label_key) last; applies to every split.
+    # null: the format's default (NeMo's "{input} {output}"; alpaca's; the tokenizer's chat template for chat rows)
+    prompt_template: Optional[str] = None
+    label_key: str = "output"
 
 
 @dataclass
@@ -165,6 +169,7 @@ class ModelConf:
     sequence_parallel: bool = False
     activations_checkpoint_granularity: Optional[str] = None  # null | selective | full
     seed: int = 1234
+    answer_only_loss: bool = True        # NeMo's key: the loss on the answer (assistant turns) only
     optim: OptimConf = field(default_factory=OptimConf)
     peft: PeftConf = field(default_factory=PeftConf)
     data: ModelDataConf = field(default_factory=ModelDataConf)
@@ -201,17 +206,41 @@ class SyntheticDataConf:
 
 
 @dataclass
+class DataSplitConf:
+    validation: Optional[float] = None    # carve this fraction of the train file out as the validation split
+    seed: int = 42                        # the split's shuffle seed (recorded in run.json)
+
+
+@dataclass
 class DataConf:
     name: str = MISSING
+    preparer: str = "jcommonsenseqa"      # what writes data.dir from data.source: jcommonsenseqa | alpaca
     source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
     seq_len: int = 256                    # padded tokens per sample, for the planner's activation estimate
     seed: int = 42
     n_valid: int = 1000
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
     dir: str = MISSING
+    # sft: auto | nemo | alpaca | chat | sharegpt | columns (hpc_ft.data.formats);
+    # classification/NER/preference: auto (from the extension) | jsonl | csv | parquet | conll (hpc_ft.tasks.rows)
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)   # template (or task) field -> column of the rows
+    prompt_template_no_input: Optional[str] = None  # the template for rows whose `input` is empty
+    chat_template: bool = False           # render with the tokenizer's own chat template (template=chat)
     train_file: str = MISSING
-    validation_file: str = MISSING
-    test_file: str = MISSING
+    validation_file: Optional[str] = MISSING  # null: carved out of the train file by data.split.validation
+    test_file: Optional[str] = MISSING
+    split: DataSplitConf = field(default_factory=DataSplitConf)
+
+
+@dataclass
+class TaskConf:
+    """What is learnt: sft (causal LM on {input, output}), classification, token_classification, preference."""
+
+    name: str = "sft"
+    labels: Optional[List[str]] = None    # a fixed label set (preference: [a, b, tie]); null: collected from train
+    # a sentence/row longer than max_seq_length: split (token_classification) | truncate | refuse
+    overlong: str = "refuse"
 
 
 @dataclass
@@ -233,5 +262,6 @@ class JobSpec:
     model: ModelConf = field(default_factory=ModelConf)
     exp_manager: ExpManagerConf = field(default_factory=ExpManagerConf)
     data: DataConf = field(default_factory=DataConf)
+    task: TaskConf = field(default_factory=TaskConf)
     sweep: SweepConf = field(default_factory=SweepConf)
     secrets: List[str] = field(default_factory=list)

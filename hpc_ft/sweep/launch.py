@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpc_ft.errors import UserError
 from hpc_ft.compose.points import Point, SpecView, compose_points, with_values
+from hpc_ft.tasks.prepare import task_data_key
 
 from hpc_ft.submit.rundir import POINTS_JSON, SWEEP_JSON  # noqa: E402,F401 - where the sweep's files are named
 ARRAY_SCRIPT = "array.sbatch"
@@ -126,8 +127,8 @@ def plan_points(points: Sequence[Point], force: bool = False) -> List[PlannedPoi
             pp.per_gpu_gib = round(result.per_gpu_gib, 2) if result.estimate else None
             pp.capacity_gib = round(result.capacity_gib, 2) if result.estimate else None
             pp.reason = "" if result.ok else result.reason
-            pp.kept = result.ok or force
-            pp.forced = not result.ok and force
+            pp.kept = result.ok or (force and not result.violations)  # --force: the memory verdict only
+            pp.forced = not result.ok and pp.kept
             layout_key = repr(req.with_(mbs=1, gbs=1))
         pp.layout = layouts.setdefault(layout_key, len(layouts))
     return out
@@ -249,6 +250,7 @@ class _Inputs:
         self.dry_run, self.notes = dry_run, notes
         self._checked: set = set()
         self._data: Dict[Tuple, Dict[str, Optional[str]]] = {}
+        self._task: Dict[Tuple, Any] = {}  # a classification/NER/preference point's checked data (PreparedTask)
         self._digest: Dict[Tuple, Optional[str]] = {}
 
     def check(self, spec: SpecView) -> None:
@@ -261,17 +263,50 @@ class _Inputs:
             check_inputs(spec, self.dry_run, self.notes)
             self._dedupe(before)
             self._checked.add(key)
+        tkey = task_data_key(spec)
+        if tkey is not None and tkey not in self._task:
+            from hpc_ft.tasks.prepare import prepare_task_data
+
+            before = len(self.notes)
+            self._task[tkey] = prepare_task_data(spec, self.dry_run, self.notes)
+            self._dedupe(before)
         d = spec.data
         dkey = (d.dir, d.train_file, d.validation_file, d.test_file, d.source)
         if dkey not in self._data:
             before = len(self.notes)
             with writable("data.dir", d.dir):
-                self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
+                ensure_data(spec, self.dry_run, self.notes)
+            self._data[dkey] = {}
             self._dedupe(before)
+        self._check_rows(spec)
+
+    def _check_rows(self, spec: SpecView) -> None:
+        """hpc_ft.data's submit checks, once per distinct files + data options; nemo sweeps take NeMo rows as they are."""
+        from hpc_ft.data.checks import check_job_data, needs_nemo_conversion
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        key = (spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)), bool(spec.eval))
+        if key in self._data:
+            return
+        before = len(self.notes)
+        report = check_job_data(spec, dry_run=self.dry_run, notes=self.notes)
+        if spec.backend.name == "nemo" and needs_nemo_conversion(report):
+            raise UserError("model.data.train_ds.file_names: a nemo sweep passes NeMo jsonl rows as they are, and these "
+                            "need converting (another format or data.prompt_template_no_input); convert them once with "
+                            "`hpc-ft train ... --dry-run` (its run folder's data/) and sweep over those files.")
+        self._data[key] = report.checksums()
+        self._dedupe(before)
+
+    def task_record(self, spec: SpecView, run_dir: Path) -> Dict[str, Any]:
+        """A task point's checked splits and labels written into its run's data/ (run.json's data.task)."""
+        prepared = self._task.get(task_data_key(spec))
+        return {"task": prepared.write(run_dir / "data")} if prepared is not None else {}
 
     def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
-        d = spec.data
-        return self._data[(d.dir, d.train_file, d.validation_file, d.test_file, d.source)]
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        return self._data[(spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)),
+                           bool(spec.eval))]
 
     def digest(self, spec: SpecView) -> Optional[str]:
         from hpc_ft.submit.launch import image_digest
@@ -371,7 +406,7 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
             config_hash=rd.text_hash(text), eval=with_eval, requeues=0, submitted_by=who,
             container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                        "digest": inputs.digest(spec)},
-            data={"files": inputs.checksums(spec)}, sweep_id=sweep_id, sweep_dir=str(sweep_dir),
+            data={"files": inputs.checksums(spec), **inputs.task_record(spec, run_dir)}, sweep_id=sweep_id, sweep_dir=str(sweep_dir),
             point=pp.point.index, task=pp.task)
         record.executor = executor.name
         records.append(record)
@@ -414,7 +449,8 @@ def _tiny_model_note(kept: Sequence[PlannedPoint], queued: bool, parallelism: in
                 notes.append(
                     f"model.hf_path={m.hf_path}: the tiny model is not built yet, so the first {parallelism} tasks "
                     "would each build it. Build it once first: `python -m hpc_ft.backends.hf_runtime.tiny_model "
-                    f"--data-dir {p.point.spec.data.dir} --output {m.hf_path} --if-missing` (or sweep.parallelism=1)."
+                    f"--train-file {' '.join(p.point.spec.model.data.train_ds.file_names)} --output {m.hf_path} "
+                    "--if-missing` (or sweep.parallelism=1)."
                 )
             return
 

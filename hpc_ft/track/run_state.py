@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +43,20 @@ from hpc_ft.track.events import (
     Progress,
     TrainEnd,
     ValLoss,
+    ValScores,
     merge_attempts,
     split_attempts,
 )
 from hpc_ft.track.hf_events import HfEventsReader, read_hf_events, scan_hf_checkpoints
 from hpc_ft.track.nemo_checkpoints import (
     CheckpointSummary,
+    find_exp_root,
     find_nemo_log_dir,
     inspect_checkpoints,
+    looked_for,
     nemo_exp_dir,
+    parse_checkpoint_name,
+    slurm_default_logs,
 )
 from hpc_ft.track.nemo_log import NemoLogParser, log_tail, parse_nemo_log
 from hpc_ft.track.tensorboard import TbScalarsReader, find_event_files, read_tb_events
@@ -80,6 +86,11 @@ class RunState:
     end_reason: str = ""
     accuracy: float | None = None
     base_accuracy: float | None = None
+    monitor: str | None = None  # the task's monitored metric (val_f1, ...); None: val_loss
+    val_metric: float | None = None  # its latest value
+    best_metric: float | None = None  # its best value (the best checkpoint's)
+    metrics: dict | None = None  # the eval's figures by name (accuracy, f1, log_loss, ...)
+    base_metrics: dict | None = None  # the same for the untuned model
     step_time_s: float | None = None
     tokens_per_s: float | None = None
     log_tail: str = ""
@@ -225,11 +236,15 @@ class IncrementalSources(EventSources):
 
 
 def _slurm_log_events(run_dir: Path, sources: EventSources) -> tuple[list[list[Event]], list[Path]]:
+    """The Slurm logs: hpc-ft's logs/job.out and job.err, else the slurm-<jobid>.out files that a job
+    submitted by hand (the tutorial's way) leaves at the top of its folder."""
     paths = []
     for name in SLURM_LOGS:
         p = run_dir / "logs" / name
         if p.is_file() and not any(p.samefile(q) for q in paths):
             paths.append(p)
+    if not paths:
+        paths = slurm_default_logs(run_dir)
     return [sources.nemo_log(p) for p in paths], paths
 
 
@@ -263,6 +278,22 @@ def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None
     return accuracy, base
 
 
+def _task_scores(events: list[Event], monitor: str | None, better) -> dict[str, Any]:
+    """monitor / val_metric / best_metric / metrics / base_metrics of a task run (all None for SFT)."""
+    monitor = _last(events, TrainEnd, "monitor") or monitor
+    if monitor == "val_loss":
+        monitor = None
+    values = [dict(e.scores).get(monitor) for e in events if isinstance(e, ValScores)] if monitor else []
+    values = [v for v in values if _finite(v)]
+    best = _last(events, TrainEnd, "best_metric")
+    if best is None and values:
+        best = better(values)
+    metrics = _last(events, EvalResult, "metrics")
+    base = _last(events, EvalResult, "base_metrics")
+    return {"monitor": monitor, "val_metric": values[-1] if values else None, "best_metric": best if monitor else None,
+            "metrics": dict(metrics) if metrics else None, "base_metrics": dict(base) if base else None}
+
+
 def state_from_events(
     run_id: str,
     backend: str,
@@ -281,6 +312,8 @@ def state_from_events(
     last_checkpoint: str | None = None,
     final_artifact: str | None = None,
     mode: str = "min",
+    monitor: str | None = None,
+    monitor_mode: str = "max",
 ) -> RunState:
     """A RunState from already-parsed events (``watch`` keeps incremental parsers and calls this).
 
@@ -310,14 +343,19 @@ def state_from_events(
     if best_val is None and best_value is not None and _finite(best_value):
         best_val = best_value
     if best_val is None:
+        # what the framework itself called best: the trainer's end record, NeMo's early-stopping line
+        # ("Best score: 0.074"), ModelCheckpoint's "'validation_loss' reached X"; the progress bar's
+        # val_loss only when none of those was logged (and then its best, never its last value)
         end = _last(events, TrainEnd, "best_val_loss")
-        values = [e.val_loss for e in saved_vals] + [e.val_loss for e in val_events]
+        early_best = _last(events, EarlyStop, "best_score")
         if end is not None:
             best_val = end
-        elif values:
-            best_val = better(values)
-        else:
-            best_val = _last(events, EarlyStop, "best_score")
+        elif saved_vals:
+            best_val = better(e.val_loss for e in saved_vals)
+        elif early_best is not None and _finite(early_best):
+            best_val = early_best
+        elif val_events:
+            best_val = better(e.val_loss for e in val_events)
 
     if best_checkpoint is None:
         best_checkpoint = _last(events, TrainEnd, "best_checkpoint") or _last(events, BestRestored, "path")
@@ -328,6 +366,7 @@ def state_from_events(
 
     attempts = len(split_attempts(events)) if events else 0
     early = any(isinstance(e, EarlyStop) for e in attempt)
+    task = _task_scores(events, monitor, max if monitor_mode == "max" else min)
     return RunState(
         run_id=run_id,
         job_id=job_id,
@@ -346,6 +385,7 @@ def state_from_events(
         end_reason=verdict.reason + (f" | {verdict.line}" if verdict.line and verdict.line not in verdict.reason else ""),
         accuracy=_last(events, EvalResult, "accuracy"),
         base_accuracy=_last(events, EvalResult, "base_accuracy"),
+        **task,
         step_time_s=_last(events, Progress, "step_time_s"),
         tokens_per_s=_last(events, Progress, "tokens_per_s"),
         log_tail=log_tail_text,
@@ -371,6 +411,8 @@ def state_from_run_dir(
     tail_lines: int = 40,
     nemo_exp_root: str | Path | None = None,
     sources: EventSources | None = None,
+    monitor: str | None = None,
+    monitor_mode: str = "max",
 ) -> RunState:
     """Parse a run directory (layout in the module docstring) into a RunState.
 
@@ -390,8 +432,10 @@ def state_from_run_dir(
     kwargs: dict[str, Any] = {}
 
     if backend == "nemo":
-        nemo_root = Path(nemo_exp_root) if nemo_exp_root else run_dir / "nemo"
+        nemo_root = Path(nemo_exp_root) if nemo_exp_root else (find_exp_root(run_dir) or run_dir / "nemo")
         log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
+        if log_dir is None and not sources:
+            notes.append(f"no NeMo log or checkpoints found; looked for {looked_for(run_dir)}")
         name = exp_name
         summary: CheckpointSummary | None = None
         if log_dir is not None:
@@ -452,9 +496,29 @@ def state_from_run_dir(
         log_tail_text=_tail(log_files, tail_lines),
         reason_tail=_tail(log_files, REASON_TAIL_LINES),
         mode=mode,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
         **kwargs,
     )
     if state.accuracy is None and state.base_accuracy is None:
         state.accuracy, state.base_accuracy = _predictions_accuracy(run_dir, notes)
     state.notes.extend(notes)
     return state
+
+
+_HF_CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The training step a checkpoint path was saved at (NeMo's `...-step=N-...ckpt`, HF's `checkpoint-N`).
+
+    `status` decides which checkpoint is the best (``RunState.best_checkpoint``); `plot` marks that one,
+    at this step, so the two never disagree."""
+    if not path:
+        return None
+    name = Path(path).name
+    parsed = parse_checkpoint_name(name)
+    if parsed is not None:
+        return parsed.step
+    m = _HF_CHECKPOINT.search(name)
+    return int(m[1]) if m else None

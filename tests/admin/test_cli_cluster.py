@@ -36,12 +36,13 @@ def test_the_local_profile_passes_every_check(cli, local_slurm):
     proc = cli("cluster", "check", "cluster=slurm_local")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in ("[ok  ] partition  cluster.partition=debug (State=UP", "[ok  ] gpus       --gres=gpu:4: node",
-                 "[ok  ] test-only  sbatch --test-only accepted", "[skip] container", "all checks passed"):
+                 "[ok  ] test-only  sbatch --test-only accepted", "[ok  ] node-python", "[ok  ] node-torch",
+                 "[skip] container", "all checks passed"):
         assert line in proc.stdout
-    checks = _checks(cli("cluster", "check", "cluster=slurm_local", "--json"))
+    checks = _checks(cli("cluster", "check", "cluster=slurm_local", "--no-probe", "--json"))
     assert {name: c["status"] for name, c in checks.items()} == {
         "commands": "ok", "reachable": "ok", "partition": "ok", "time": "ok", "gpus": "ok", "test-only": "ok",
-        "container": "skip", "modules": "skip"}
+        "node-env": "skip", "container": "skip", "modules": "skip"}
 
 
 @pytest.mark.slurm

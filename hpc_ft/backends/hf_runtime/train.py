@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.errors import UserError, did_you_mean
 
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
@@ -24,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised fine-tuning (loss on the answer only) with LoRA/QLoRA/full parameters.",
     )
     p.add_argument("--model-dir", required=True, help="base model folder (config.json, weights, tokenizer)")
-    p.add_argument("--train-file", required=True, help="jsonl rows {input, output}")
-    p.add_argument("--valid-file", required=True, help="jsonl rows {input, output}, for val_loss")
+    add_data_arguments(p, ("train", "validation"))  # --train-file, --valid-file, --train-weights, --data-options
     p.add_argument("--output-dir", required=True, help="checkpoint-N folders, best/, trainer_state.json go here")
     p.add_argument("--events", default=None, help="events file (JSON lines, appended)")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -238,7 +238,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
-    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, encode_split, read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, load_splits
 
     hf_logging.disable_progress_bar()  # progress bars garble Slurm logs; our lines report progress
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -252,14 +252,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = encode_split(tokenizer, read_instruction_rows(args.train_file, "--train-file"), args.max_seq_length)
-    valid = encode_split(tokenizer, read_instruction_rows(args.valid_file, "--valid-file"), args.max_seq_length)
-    for name, split in (("train", train), ("valid", valid)):
-        if split.truncated or split.dropped:
-            log(f"[data] {name}: {split.truncated} prompts cut to --max-seq-length={args.max_seq_length}, "
-                f"{split.dropped} rows dropped (answer alone too long)")
-        if not split.examples:
-            raise UserError(f"--max-seq-length={args.max_seq_length}: no {name} row fits; raise it.")
+    train, valid = load_splits(args, tokenizer, log)
 
     model = load_model(args, has_cuda)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
