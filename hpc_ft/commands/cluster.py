@@ -321,8 +321,8 @@ def _check_multinode(spec, part: str | None, probe: bool, probe_timeout: int, ch
 
     checks.extend(Check(*t) for t in check_nodes(spec, part))
     if not probe:
-        checks.append(Check("rendezvous", SKIP, f"--probe submits a {spec.cluster.nodes}-node job that checks the "
-                                                "nodes reach the rendezvous host"))
+        checks.append(Check("rendezvous", SKIP, f"--no-probe: no {spec.cluster.nodes}-node job submitted to check "
+                                                "that the nodes reach the rendezvous host"))
     elif checks[-1].status == OK:
         checks.extend(Check(*t) for t in check_probe(spec, probe_timeout))
 
@@ -351,9 +351,6 @@ def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Chec
         _check_node_environment(spec, probe, probe_timeout, checks)
         if int(c.nodes) > 1:
             _check_multinode(spec, part, probe, probe_timeout, checks)
-        elif probe:
-            checks.append(Check("rendezvous", SKIP, f"--probe: cluster.nodes={c.nodes}, so no job of this profile "
-                                                    "spans nodes; nothing to probe"))
     _check_container(spec, checks)
     _check_modules(spec, checks)
     return checks
