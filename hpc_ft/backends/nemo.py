@@ -35,7 +35,14 @@ def exp_paths(spec: DictConfig) -> Dict[str, str]:
     return {"log_dir": log_dir, "checkpoints": ckpt, "peft_nemo": os.path.join(ckpt, spec.exp_manager.name + ".nemo")}
 
 
-def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
+def train_overrides(spec: DictConfig, run_dir: str = "") -> List[Tuple[str, Any]]:
+    overrides = _train_overrides(spec)
+    if spec.model.data.train_ds.packed_sequence:
+        overrides = packed_train_overrides(spec, run_dir, overrides)
+    return overrides
+
+
+def _train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
     t, m, e = spec.trainer, spec.model, spec.exp_manager
     d = m.data
     max_steps = int(spec.sweep.steps or t.max_steps)
@@ -105,7 +112,7 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
-    args = _render(train_overrides(spec), spec.backend.extra_overrides)
+    args = _render(train_overrides(spec, run_dir), spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)
     return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
 
@@ -124,3 +131,56 @@ def convert_steps(spec: DictConfig) -> List[Step]:
     argv = hf_to_nemo_argv(spec.model.hf_path, spec.model.restore_from_path, family=spec.model.family,
                            precision="16")
     return [Step("convert", in_container(spec, argv, gpus=False))]
+
+
+# ---- packed sequences (model.data.train_ds.packed_sequence) --------------------------------------
+# NeMo 1.x trains on packed sequences from a .npy that its prepare_packed_ft_dataset.py writes first
+# (added to NeMo main on 2024-03-16, #8682; in the 24.03-era snapshot 9d86acd5, not in the v1.23.0 tag).
+# hpc-ft renders that script as its own job; the training job waits on it with afterok.
+PACK_SEED = 0  # the script's +seed default; it names the output packed_<pack size>_seed<seed>.npy
+
+
+def packed_npy(spec: DictConfig, run_dir: str) -> str:
+    size = spec.model.data.train_ds.max_seq_length
+    return os.path.join(run_dir, "data", f"packed_{size}_seed{PACK_SEED}.npy")
+
+
+def packed_train_overrides(spec: DictConfig, run_dir: str, overrides: List[Tuple[str, Any]]) -> List[Tuple[str, Any]]:
+    """The training reads the packed .npy instead of the jsonl and turns NeMo's packed-sequence path on."""
+    out = [(k, [packed_npy(spec, run_dir)] if k == "model.data.train_ds.file_names" else v) for k, v in overrides]
+    at = [k for k, _ in out].index("model.data.train_ds.file_names") + 1
+    out.insert(at, ("+model.data.train_ds.packed_sequence", True))
+    return out
+
+
+def pack_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
+    """prepare_packed_ft_dataset.py @ 24.03-era main: it restores the base .nemo (for its tokenizer and data
+    settings) on TP x PP GPUs, tokenizes train_ds as the fine-tuning would and packs it to max_seq_length."""
+    t, m = spec.trainer, spec.model
+    d = m.data.train_ds
+    return [
+        ("trainer.devices", m.tensor_model_parallel_size * m.pipeline_model_parallel_size),
+        ("trainer.num_nodes", 1),
+        ("trainer.precision", str(t.precision)),
+        ("exp_manager.exp_dir", os.path.join(run_dir, "pack")),
+        ("model.restore_from_path", m.restore_from_path),
+        ("model.megatron_amp_O2", m.megatron_amp_O2),
+        ("++model.mcore_gpt", m.mcore_gpt),
+        ("model.tensor_model_parallel_size", m.tensor_model_parallel_size),
+        ("model.pipeline_model_parallel_size", m.pipeline_model_parallel_size),
+        ("model.data.train_ds.file_names", list(d.file_names)),
+        ("model.data.train_ds.max_seq_length", d.max_seq_length),
+        ("+output_dir", os.path.join(run_dir, "data")),
+        ("+pack_sizes", [d.max_seq_length]),
+        ("+seed", PACK_SEED),
+    ]
+
+
+def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    """Steps of the job that must finish (afterok) before training: the packing step when packed_sequence is on."""
+    if not spec.model.data.train_ds.packed_sequence:
+        return []
+    script = spec.backend.pack_script
+    args = _render(pack_overrides(spec, run_dir), [])
+    # As the reference runs eval: plain python, Lightning spawns trainer.devices ranks itself.
+    return [Step("pack", in_container(spec, ["python", script] + args), skip_if_exists=packed_npy(spec, run_dir))]

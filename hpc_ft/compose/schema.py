@@ -57,10 +57,12 @@ class BackendConf:
     # hf
     threads: Optional[int] = None
     generate_max_new_tokens: int = 16
+    group_by_length: Optional[bool] = None  # rows of similar length per micro-batch; null = on (hf only)
     # nemo
     finetune_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
     generate_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
     convert_script: str = "/opt/NeMo/scripts/checkpoint_converters/convert_llama_hf_to_nemo.py"
+    pack_script: str = "/opt/NeMo/scripts/nlp_language_modeling/prepare_packed_ft_dataset.py"
     extra_overrides: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
@@ -117,6 +119,7 @@ class TrainDsConf:
     concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 2048
     num_workers: int = 0
+    packed_sequence: bool = False  # several rows per sequence of max_seq_length (nemo: a packing job first)
 
 
 @dataclass

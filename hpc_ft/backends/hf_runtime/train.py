@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpc_ft.backends.hf_runtime import batching
 from hpc_ft.errors import UserError, did_you_mean
 
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", choices=["auto", "never"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     p.add_argument("--log-every", type=int, default=5, help="a train event every N steps")
+    batching.add_arguments(p)
     return p
 
 
@@ -238,7 +240,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
-    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, encode_split, read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, EncodedSplit, encode_split, read_instruction_rows
 
     hf_logging.disable_progress_bar()  # progress bars garble Slurm logs; our lines report progress
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -252,8 +254,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = encode_split(tokenizer, read_instruction_rows(args.train_file, "--train-file"), args.max_seq_length)
-    valid = encode_split(tokenizer, read_instruction_rows(args.valid_file, "--valid-file"), args.max_seq_length)
+    # packing/grouping and the tokenized-data cache (batching.py, token_cache.py)
+    started_data = time.perf_counter()
+    train, valid, from_cache = batching.encode_splits(args, tokenizer, read_instruction_rows, encode_split, EncodedSplit)
+    data_seconds = time.perf_counter() - started_data
     for name, split in (("train", train), ("valid", valid)):
         if split.truncated or split.dropped:
             log(f"[data] {name}: {split.truncated} prompts cut to --max-seq-length={args.max_seq_length}, "
@@ -261,25 +265,35 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         if not split.examples:
             raise UserError(f"--max-seq-length={args.max_seq_length}: no {name} row fits; raise it.")
 
+    started_model = time.perf_counter()
     model = load_model(args, has_cuda)
+    model_seconds = time.perf_counter() - started_model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    collator = AnswerOnlyCollator(tokenizer.pad_token_id)
+    batches = batching.train_batching(train.examples, args, tokenizer.pad_token_id,
+                                      AnswerOnlyCollator(tokenizer.pad_token_id),
+                                      getattr(model.config, "_attn_implementation", None))
+    collator = batches.collate
     tokens_counted = [0]
 
     def collate(features):
         tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
         return collator(features)
 
-    callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption,
+                 batching.first_step_event(events, data_seconds=data_seconds, model_seconds=model_seconds,
+                                         tokenized_from_cache=from_cache)]
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
         callbacks.insert(0, early)
+    targs = training_arguments(args, has_cuda, world_size)
+    for option, value in batches.trainer_options.items():
+        setattr(targs, option, value)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, has_cuda, world_size),
-        train_dataset=train.examples,
+        args=targs,
+        train_dataset=batches.train_dataset,
         eval_dataset=valid.examples,
         data_collator=collate,
         processing_class=tokenizer,
@@ -296,6 +310,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         f"{len(train.examples)} train / {len(valid.examples)} valid rows; world {world_size}, "
         f"mbs {args.micro_batch_size} x accum {args.grad_accum} = gbs {args.global_batch_size}; "
         f"max_steps {args.max_steps}, eval every {args.eval_steps}")
+    log(f"[batching] {batches.description}")
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
