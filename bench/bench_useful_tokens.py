@@ -43,9 +43,9 @@ LR = "5e-3"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=800, help="training rows")
-    p.add_argument("--valid-rows", type=int, default=120)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--rows", type=int, default=400, help="training rows")
+    p.add_argument("--valid-rows", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-seq-length", type=int, default=512, help="pack size (and the longest row)")
     p.add_argument("--median-words", type=float, default=22.0, help="median prompt length in words")
     p.add_argument("--sigma", type=float, default=1.05, help="log-normal sigma of prompt lengths")
@@ -224,7 +224,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="useful-tokens-"))
     rng = random.Random(0)
-    max_words = args.max_seq_length // 2 - 8  # a word is one or two tokens: every row fits, none is cut
+    max_words = args.max_seq_length // 4  # a word is up to about four tokens: every row fits whole
     data = {"train": work / "data" / "train.jsonl", "valid": work / "data" / "valid.jsonl"}
     write_jsonl(data["train"], make_rows(args.rows, rng, args.median_words, args.sigma, max_words))
     valid_rows = make_rows(args.valid_rows, rng, args.median_words, args.sigma, max_words)

@@ -35,14 +35,7 @@ def exp_paths(spec: DictConfig) -> Dict[str, str]:
     return {"log_dir": log_dir, "checkpoints": ckpt, "peft_nemo": os.path.join(ckpt, spec.exp_manager.name + ".nemo")}
 
 
-def train_overrides(spec: DictConfig, run_dir: str = "") -> List[Tuple[str, Any]]:
-    overrides = _train_overrides(spec)
-    if spec.model.data.train_ds.packed_sequence:
-        overrides = packed_train_overrides(spec, run_dir, overrides)
-    return overrides
-
-
-def _train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
+def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
     t, m, e = spec.trainer, spec.model, spec.exp_manager
     d = m.data
     max_steps = int(spec.sweep.steps or t.max_steps)
@@ -112,7 +105,7 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
-    args = _render(train_overrides(spec, run_dir), spec.backend.extra_overrides)
+    args = _render(packed_train_overrides(spec, run_dir, train_overrides(spec)), spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)
     return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
 
@@ -146,7 +139,10 @@ def packed_npy(spec: DictConfig, run_dir: str) -> str:
 
 
 def packed_train_overrides(spec: DictConfig, run_dir: str, overrides: List[Tuple[str, Any]]) -> List[Tuple[str, Any]]:
-    """The training reads the packed .npy instead of the jsonl and turns NeMo's packed-sequence path on."""
+    """With packed_sequence on, the training reads the packed .npy instead of the jsonl and turns NeMo's
+    packed-sequence path on; otherwise the overrides as they are."""
+    if not spec.model.data.train_ds.packed_sequence:
+        return overrides
     out = [(k, [packed_npy(spec, run_dir)] if k == "model.data.train_ds.file_names" else v) for k, v in overrides]
     at = [k for k, _ in out].index("model.data.train_ds.file_names") + 1
     out.insert(at, ("+model.data.train_ds.packed_sequence", True))
