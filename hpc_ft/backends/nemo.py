@@ -7,11 +7,13 @@ adds NeMo keys that hpc-ft does not model (passed verbatim, e.g. `++model.mcore_
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix
+from hpc_ft.errors import UserError
 from hpc_ft.render import Step
 
 
@@ -131,6 +133,22 @@ def convert_steps(spec: DictConfig) -> List[Step]:
 # (added to NeMo main on 2024-03-16, #8682; in the 24.03-era snapshot 9d86acd5, not in the v1.23.0 tag).
 # hpc-ft renders that script as its own job; the training job waits on it with afterok.
 PACK_SEED = 0  # the script's +seed default; it names the output packed_<pack size>_seed<seed>.npy
+PACKING_SINCE = (24, 3)  # the first NGC NeMo container whose NeMo has the packing script
+_CONTAINER_VERSION = re.compile(r"nemo[_:-]?(\d{2})\.(\d{2})")
+
+
+def packing_problem(spec: DictConfig) -> Optional[str]:
+    """Why this container's NeMo cannot pack (its version, from container.name or .image), or None."""
+    for where in (spec.container.name, spec.container.image):
+        m = _CONTAINER_VERSION.search(str(where or ""))
+        if m:
+            version = (int(m.group(1)), int(m.group(2)))
+            if version < PACKING_SINCE:
+                return (f"model.data.train_ds.packed_sequence=true: NeMo in container {m.group(1)}.{m.group(2)} has no "
+                        "prepare_packed_ft_dataset.py (NeMo main since 2024-03-16, first in the 24.03 container); "
+                        "set it to false or use container=nemo_24.03 or newer.")
+            return None
+    return None
 
 
 def packed_npy(spec: DictConfig, run_dir: str) -> str:
@@ -151,19 +169,22 @@ def packed_train_overrides(spec: DictConfig, run_dir: str, overrides: List[Tuple
 
 def pack_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
     """prepare_packed_ft_dataset.py @ 24.03-era main: it restores the base .nemo (for its tokenizer and data
-    settings) on TP x PP GPUs, tokenizes train_ds as the fine-tuning would and packs it to max_seq_length."""
-    t, m = spec.trainer, spec.model
+    settings), tokenizes train_ds as the fine-tuning would and packs it to max_seq_length.
+
+    One process on one GPU (TP=PP=1, the layout of a converted base .nemo), so one rank writes the .npy;
+    16-bit weights (bf16, O2) halve what the restore needs: the step only tokenizes, it never trains."""
+    m = spec.model
     d = m.data.train_ds
     return [
-        ("trainer.devices", m.tensor_model_parallel_size * m.pipeline_model_parallel_size),
+        ("trainer.devices", 1),
         ("trainer.num_nodes", 1),
-        ("trainer.precision", str(t.precision)),
+        ("trainer.precision", "bf16"),
         ("exp_manager.exp_dir", os.path.join(run_dir, "pack")),
         ("model.restore_from_path", m.restore_from_path),
-        ("model.megatron_amp_O2", m.megatron_amp_O2),
+        ("model.megatron_amp_O2", True),
         ("++model.mcore_gpt", m.mcore_gpt),
-        ("model.tensor_model_parallel_size", m.tensor_model_parallel_size),
-        ("model.pipeline_model_parallel_size", m.pipeline_model_parallel_size),
+        ("model.tensor_model_parallel_size", 1),
+        ("model.pipeline_model_parallel_size", 1),
         ("model.data.train_ds.file_names", list(d.file_names)),
         ("model.data.train_ds.max_seq_length", d.max_seq_length),
         ("+output_dir", os.path.join(run_dir, "data")),
@@ -176,6 +197,9 @@ def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Steps of the job that must finish (afterok) before training: the packing step when packed_sequence is on."""
     if not spec.model.data.train_ds.packed_sequence:
         return []
+    problem = packing_problem(spec)
+    if problem:
+        raise UserError(problem)
     script = spec.backend.pack_script
     args = _render(pack_overrides(spec, run_dir), [])
     # As the reference runs eval: plain python, Lightning spawns trainer.devices ranks itself.
