@@ -61,9 +61,12 @@ def parse_args() -> argparse.Namespace:
 
 # ---- data ------------------------------------------------------------------------------------
 def make_rows(n: int, rng: random.Random, median_words: float, sigma: float, max_words: int) -> list[dict]:
-    """Instruction rows whose answer is the topic most of the prompt's words come from."""
+    """Instruction rows whose answer is the topic most of the prompt's words come from.
+
+    A topic's words are the topic's name with a number (river7), so the tiny model's warm-up on the
+    prompts has seen the answer's tokens and LoRA can learn the task within one epoch."""
     shared = [f"w{i}" for i in range(120)]
-    by_topic = {t: [f"{t[:3]}{i}" for i in range(40)] for t in TOPICS}
+    by_topic = {t: [f"{t}{i}" for i in range(40)] for t in TOPICS}
     rows = []
     for _ in range(n):
         topic = rng.choice(TOPICS)
@@ -145,8 +148,9 @@ def plain_trainer(spec: dict) -> dict:
 
 
 # ---- hpc-ft's train path (run as a child process) --------------------------------------------
-def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args, extra: list[str]) -> dict:
-    events = out / "events.jsonl"
+def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args, extra: list[str],
+             events_name: str = "events.jsonl") -> dict:
+    events = out / events_name
     argv = [sys.executable, "-m", "hpc_ft.backends.hf_runtime.train", "--model-dir", str(model_dir),
             "--train-file", str(data["train"]), "--valid-file", str(data["valid"]), "--output-dir", str(out),
             "--events", str(events), "--max-steps", str(steps), "--eval-steps", str(steps), "--patience", "0",
@@ -155,7 +159,7 @@ def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args,
             "--max-seq-length", str(args.max_seq_length), "--seed", "0", "--resume", "never", "--log-every", "1",
             "--threads", str(args.threads), *extra]
     started = time.time()
-    with open(out.with_suffix(".log"), "w") as log:
+    with open(out.with_name(out.name + "-" + Path(events_name).stem).with_suffix(".log"), "w") as log:
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     logged = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
@@ -257,11 +261,11 @@ def main() -> int:
     results["plain"] = run_plain(model_dir, data, work / "plain", padded_steps, mbs, args)
     results["grouped"] = run_ours(model_dir, data, work / "grouped", padded_steps, mbs, args, [])
     results["packed"] = run_ours(model_dir, data, work / "packed", packed_steps, 1, args, ["--packed-sequence"])
-    # a requeued job starts again in its own folder: the tokenized data comes from the cache
-    restart = run_ours(model_dir, data, work / "packed", 2, 1, args, ["--packed-sequence"])
     for name, r in results.items():
         r["tokens_per_s"] = r["window_tokens"] / r["window_s"]
         r["val_loss"] = validation_loss(model_dir, r["adapter"], valid_rows, args.max_seq_length)
+    # a requeued job starts again in its own folder: the tokenized data comes from the cache
+    restart = run_ours(model_dir, data, work / "packed", 2, 1, args, ["--packed-sequence"], "restart.jsonl")
 
     base = results["plain"]
     print(f"\n{'run':8s} {'steps':>6s} {'useful tok/s':>13s} {'ratio':>6s} {'final val loss':>15s} {'vs plain':>9s}"

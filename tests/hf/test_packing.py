@@ -199,3 +199,28 @@ def test_unpacked_training_groups_by_length_unless_turned_off(tiny, tmp_path, ca
     assert "[batching] length-grouped micro-batches" in capsys.readouterr().out
     run_train(tiny, tmp_path / "plain", "--group-by-length", "off")
     assert "length grouping off" in capsys.readouterr().out
+
+
+def padded_tokens(options: dict, rows: list[dict], tmp_path) -> int:
+    """Tokens (with padding) of one epoch of micro-batches of 8 as the Trainer's own dataloader draws them."""
+    from transformers import Trainer, TrainingArguments
+
+    targs = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
+                              report_to="none", remove_unused_columns=False, seed=0, **options)
+    trainer = Trainer(model=tiny_llama("sdpa"), args=targs, train_dataset=rows, data_collator=AnswerOnlyCollator(0))
+    batches = list(trainer.get_train_dataloader())
+    assert sum(int(b["attention_mask"].sum()) for b in batches) == sum(len(r["input_ids"]) for r in rows)
+    return sum(b["input_ids"].numel() for b in batches)
+
+
+def test_length_grouping_cuts_the_padding_of_the_trainers_micro_batches(tmp_path):
+    import argparse
+
+    rows = random_rows(400, seed=2)
+    options = {}
+    for group in ("on", "off"):
+        args = argparse.Namespace(packed_sequence=False, group_by_length=group, max_seq_length=64, seed=0)
+        options[group] = batching.train_batching(rows, args, 0, AnswerOnlyCollator(0)).trainer_options
+    useful = sum(len(r["input_ids"]) for r in rows)
+    grouped, plain = padded_tokens(options["on"], rows, tmp_path), padded_tokens(options["off"], rows, tmp_path)
+    assert grouped < 0.8 * plain and grouped < 1.15 * useful
