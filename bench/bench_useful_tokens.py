@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TOPICS = ["river", "forest", "market", "engine", "garden", "harbor", "castle", "desert"]
-LR = "5e-3"
+LR = "1e-2"
 
 
 def parse_args() -> argparse.Namespace:
@@ -125,7 +125,7 @@ def plain_trainer(spec: dict) -> dict:
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append((time.time(), counted[0]))
+            marks.append((time.time(), time.process_time(), counted[0]))
 
     trainer = Trainer(
         model=model,
@@ -141,9 +141,9 @@ def plain_trainer(spec: dict) -> dict:
     )
     trainer.train()
     model.save_pretrained(Path(spec["out"]) / "final")
-    (t1, c1), (tn, cn) = marks[0], marks[-1]
+    (t1, p1, c1), (tn, pn, cn) = marks[0], marks[-1]
     return {"first_step_s": t1 - started, "imports_s": imported - started, "tokenize_s": tokenized - imported,
-            "model_load_s": loaded - tokenized, "window_s": tn - t1, "window_tokens": cn - c1,
+            "model_load_s": loaded - tokenized, "window_s": tn - t1, "window_cpu_s": pn - p1, "window_tokens": cn - c1,
             "steps": len(marks), "adapter": str(Path(spec["out"]) / "final")}
 
 
@@ -164,12 +164,11 @@ def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     logged = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
     first = next(e for e in logged if e["kind"] == "first_step")
-    train = [e for e in logged if e["kind"] == "train" and e["step"] >= 2]
+    window = next(e for e in logged if e["kind"] == "train_window")
     end = next(e for e in logged if e["kind"] == "end")
     return {"first_step_s": first["time"] - started, "tokenize_s": first["data_seconds"],
             "model_load_s": first["model_seconds"], "from_cache": first["tokenized_from_cache"],
-            "window_s": sum(e["step_time_s"] for e in train),
-            "window_tokens": sum(e["tokens_per_s"] * e["step_time_s"] for e in train),
+            "window_s": window["wall_s"], "window_cpu_s": window["cpu_s"], "window_tokens": window["tokens"],
             "steps": end["step"], "adapter": end["best_dir"]}
 
 
@@ -263,29 +262,36 @@ def main() -> int:
     results["packed"] = run_ours(model_dir, data, work / "packed", packed_steps, 1, args, ["--packed-sequence"])
     for name, r in results.items():
         r["tokens_per_s"] = r["window_tokens"] / r["window_s"]
+        r["tokens_per_cpu_s"] = r["window_tokens"] / r["window_cpu_s"]
         r["val_loss"] = validation_loss(model_dir, r["adapter"], valid_rows, args.max_seq_length)
     # a requeued job starts again in its own folder: the tokenized data comes from the cache
     restart = run_ours(model_dir, data, work / "packed", 2, 1, args, ["--packed-sequence"], "restart.jsonl")
 
     base = results["plain"]
-    print(f"\n{'run':8s} {'steps':>6s} {'useful tok/s':>13s} {'ratio':>6s} {'final val loss':>15s} {'vs plain':>9s}"
-          f" {'first step s':>13s} {'tokenize s':>11s} {'model load s':>13s}")
+    print(f"\n{'run':8s} {'steps':>5s} {'useful tok/s':>12s} {'ratio':>6s} {'tok/CPU-s':>10s} {'ratio':>6s} "
+          f"{'val loss':>9s} {'vs plain':>9s} {'1st step s':>10s} {'tokenize s':>10s} {'model s':>8s}")
     for name, r in results.items():
-        print(f"{name:8s} {r['steps']:6d} {r['tokens_per_s']:13,.0f} {r['tokens_per_s'] / base['tokens_per_s']:6.2f} "
-              f"{r['val_loss']:15.4f} {(r['val_loss'] / base['val_loss'] - 1):+9.2%} {r['first_step_s']:13.2f} "
-              f"{r['tokenize_s']:11.3f} {r['model_load_s']:13.3f}")
+        print(f"{name:8s} {r['steps']:5d} {r['tokens_per_s']:12,.0f} {r['tokens_per_s'] / base['tokens_per_s']:6.2f} "
+              f"{r['tokens_per_cpu_s']:10,.0f} {r['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:6.2f} "
+              f"{r['val_loss']:9.4f} {(r['val_loss'] / base['val_loss'] - 1):+9.2%} {r['first_step_s']:10.2f} "
+              f"{r['tokenize_s']:10.3f} {r['model_load_s']:8.3f}")
+    print("(tok/s: wall time from the end of step 1 to the end of the last step; tok/CPU-s: the same window in the "
+          "process's CPU time, which a machine shared with other work disturbs less; the runs are sequential)")
     print(f"restart of the packed job (same folder): first step after {restart['first_step_s']:.2f} s, tokenized data "
           f"{'read from the cache' if restart['from_cache'] else 'TOKENIZED AGAIN'} ({restart['tokenize_s']:.3f} s vs "
           f"{results['packed']['tokenize_s']:.3f} s the first time)")
-    packed_ratio = results["packed"]["tokens_per_s"] / base["tokens_per_s"]
-    grouped_ratio = results["grouped"]["tokens_per_s"] / base["tokens_per_s"]
-    worst_loss = max(abs(results[n]["val_loss"] / base["val_loss"] - 1) for n in ("packed", "grouped"))
-    print(f"targets: packed >= 2x {'met' if packed_ratio >= 2 else 'NOT met'} ({packed_ratio:.2f}x), grouped >= 1.4x "
-          f"{'met' if grouped_ratio >= 1.4 else 'NOT met'} ({grouped_ratio:.2f}x), val loss within 2% "
-          f"{'met' if worst_loss <= 0.02 else 'NOT met'} ({worst_loss:.2%}); bench wall "
-          f"{time.time() - bench_started:.0f} s, load average now {os.getloadavg()[0]:.1f}")
-    print("FIGURES " + json.dumps({n: {k: r[k] for k in ("tokens_per_s", "val_loss", "first_step_s", "steps")}
-                                   for n, r in results.items()}))
+    verdicts = []
+    for name, target in (("packed", 2.0), ("grouped", 1.4)):
+        wall = results[name]["tokens_per_s"] / base["tokens_per_s"]
+        cpu = results[name]["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
+        verdicts.append(f"{name} >= {target}x: wall {wall:.2f}x {'met' if wall >= target else 'NOT met'}, "
+                        f"CPU {cpu:.2f}x {'met' if cpu >= target else 'NOT met'}")
+    worst = max(results[n]["val_loss"] / base["val_loss"] - 1 for n in ("packed", "grouped"))
+    verdicts.append(f"val loss no more than 2% above plain: {'met' if worst <= 0.02 else 'NOT met'} ({worst:+.2%})")
+    print("targets: " + "; ".join(verdicts))
+    print(f"bench wall {time.time() - bench_started:.0f} s, load average now {os.getloadavg()[0]:.1f}")
+    print("FIGURES " + json.dumps({n: {k: r[k] for k in ("tokens_per_s", "tokens_per_cpu_s", "val_loss",
+                                                          "first_step_s", "steps")} for n, r in results.items()}))
     return 0
 
 

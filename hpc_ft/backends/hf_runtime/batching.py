@@ -177,17 +177,29 @@ def encode_splits(args: argparse.Namespace, tokenizer, read_rows, encode_split, 
     return splits[0], splits[1], all(hits)
 
 
-def first_step_event(events, **startup):
-    """A Trainer callback writing one `first_step` event (with the start-up figures given) when step 1 ends."""
+def first_step_event(events, tokens_counted: Callable[[], int], **startup):
+    """A Trainer callback writing a `first_step` event (with the start-up figures given) when step 1 ends, and a
+    `train_window` event when training ends: wall and CPU seconds of this process and tokens from the end of step 1
+    to the end of the last step (CPU seconds make throughput comparable on a machine shared with other work)."""
+    import time
+
     from transformers import TrainerCallback
 
     class FirstStepEvent(TrainerCallback):
-        done = False
+        first = last = None
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not self.done:
-                self.done = True
+            mark = (state.global_step, time.time(), time.process_time(), tokens_counted())
+            if self.first is None:
+                self.first = mark
                 events.write("first_step", step=state.global_step,
                              **{k: round(v, 3) if isinstance(v, float) else v for k, v in startup.items()})
+            self.last = mark
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.first is not None and self.last[0] > self.first[0]:
+                (s0, w0, c0, t0), (s1, w1, c1, t1) = self.first, self.last
+                events.write("train_window", steps=s1 - s0, wall_s=round(w1 - w0, 4), cpu_s=round(c1 - c0, 4),
+                             tokens=t1 - t0)
 
     return FirstStepEvent()

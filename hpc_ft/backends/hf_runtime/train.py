@@ -281,8 +281,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         return collator(features)
 
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption,
-                 batching.first_step_event(events, data_seconds=data_seconds, model_seconds=model_seconds,
-                                         tokenized_from_cache=from_cache)]
+                 batching.first_step_event(events, lambda: tokens_counted[0], data_seconds=data_seconds,
+                                           model_seconds=model_seconds, tokenized_from_cache=from_cache)]
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
