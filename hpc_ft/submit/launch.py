@@ -138,6 +138,7 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
     log = str(run_dir / "logs" / "job.out")
+    prepare_steps: List[Step] = backend.prepare_steps(spec, str(run_dir))  # e.g. NeMo's packing step
     train_steps: List[Step] = backend.train_steps(spec, str(run_dir))
     eval_steps: List[Step] = backend.eval_steps(spec, str(run_dir)) if with_eval else []
     gpus = t.devices if c.gpu.request != "none" else 0
@@ -147,15 +148,21 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
         # One local job runs train then eval: the local executor has no dependencies.
         sb = sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
                             gpus_per_node=gpus, comment=f"hpc-ft:{run_id}")
-        return {"train": render_job_script(spec, steps=train_steps + eval_steps, sbatch=sb,
+        return {"train": render_job_script(spec, steps=prepare_steps + train_steps + eval_steps, sbatch=sb,
                                            description="train" + (" + eval" if eval_steps else ""), **common)}
-    scripts = {
-        "train": render_job_script(
-            spec, steps=train_steps, description="train",
-            sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
-                                  gpus_per_node=gpus, comment=f"hpc-ft:{run_id}"),
-            **common),
-    }
+    scripts: Dict[str, JobScript] = {}
+    if prepare_steps:  # its own job on one GPU; training waits on it (afterok)
+        scripts["pack"] = render_job_script(
+            spec, steps=prepare_steps, description="pack (before train)",
+            sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "pack"), output=log, nodes=1,
+                                  gpus_per_node=min(gpus, 1), comment=f"hpc-ft:{run_id}"),
+            **common)
+    scripts["train"] = render_job_script(
+        spec, steps=train_steps, description="train" + (" (after pack: afterok)" if prepare_steps else ""),
+        sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
+                              gpus_per_node=gpus, comment=f"hpc-ft:{run_id}",
+                              dependency="afterok:{pack_job_id}" if prepare_steps else None),
+        **common)
     if eval_steps:
         scripts["eval"] = render_job_script(
             spec, steps=eval_steps, description="eval (after train: afterok)",
@@ -219,6 +226,8 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes)
     if "eval" in scripts:
         rd.write_text(run_dir / "eval.sbatch", scripts["eval"].text, 0o755)
+    if "pack" in scripts:
+        rd.write_text(run_dir / "pack.sbatch", scripts["pack"].text, 0o755)
     rd.write_run_json(run_dir, record)
     if dry_run:
         return launch
@@ -246,8 +255,14 @@ def _submit(spec: DictConfig, launch: Launch, scripts: Dict[str, JobScript], rec
 
     folder = run_dir / "logs" / "submitit"
     if spec.cluster.executor == "slurm":
+        train_text = scripts["train"].text
+        if "pack" in scripts:  # the packing job first; training waits on it (afterok)
+            executors.test_only(run_dir / "pack.sbatch")
+            launch.job_ids["pack"] = executors.submit_slurm(scripts["pack"].text, folder).job_id
+            train_text = train_text.replace("afterok:{pack_job_id}", f"afterok:{launch.job_ids['pack']}")
+            rd.write_text(run_dir / "job.sbatch", train_text, 0o755)
         executors.test_only(run_dir / "job.sbatch")
-        sub = executors.submit_slurm(scripts["train"].text, folder)
+        sub = executors.submit_slurm(train_text, folder)
         launch.job_ids["train"] = sub.job_id
         if "eval" in scripts:
             text = scripts["eval"].text.replace("afterok:{train_job_id}", f"afterok:{sub.job_id}")
