@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TOPICS = ["river", "forest", "market", "engine", "garden", "harbor", "castle", "desert"]
-LR = "1e-2"
+LR = "5e-3"
 
 
 def parse_args() -> argparse.Namespace:

@@ -153,13 +153,6 @@ def _prepend_user_dir(udir: Path) -> None:
     loader.repository.initialize_sources(csp)
 
 
-# hpc-ft uses Hydra's compose API only, never its app runner: the logging, help, output, launcher and
-# sweeper configs of Hydra's own `hydra` node are dropped from the defaults list (the node is discarded
-# anyway), which spares a quarter of a cold composition.
-HYDRA_APP_GROUPS_OFF = ["~hydra/job_logging", "~hydra/hydra_logging", "~hydra/help", "~hydra/hydra_help",
-                        "~hydra/output", "~hydra/launcher", "~hydra/sweeper"]
-
-
 def _hydra_compose(overrides: List[str]) -> DictConfig:
     """Hydra's compose API over the shipped conf/ (and the user's own tree), memoised on disk.
 
@@ -182,7 +175,7 @@ def _hydra_compose(overrides: List[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             if len(roots) > 1:
                 _prepend_user_dir(udir)
-            cfg = compose(config_name="config", overrides=overrides + HYDRA_APP_GROUPS_OFF)
+            cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, _OCE, ValueError) as exc:
         raise _explain_hydra_error(exc, overrides) from None
     _cache_put(key, cfg)
