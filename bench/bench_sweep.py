@@ -64,17 +64,18 @@ def bench_grid(title: str, overrides: list, work: Path) -> None:
             shutil.rmtree(work / "cache", ignore_errors=True)
         watch = Stopwatch()
         restore = [
-            (compose_mod, "_hydra_compose", watch.wrap(compose_mod, "_hydra_compose", "hydra compose")),
+            (compose_mod, "hydra_compose", watch.wrap(compose_mod, "hydra_compose", "hydra compose")),
             (sweep_launch, "compose_points", watch.wrap(sweep_launch, "compose_points", "compose+validate")),
             (sweep_launch, "plan_points", watch.wrap(sweep_launch, "plan_points", "plan")),
             (submit_launch, "render_scripts", watch.wrap(submit_launch, "render_scripts", "render job.sbatch")),
             (sweep_launch.ConfigYaml, "__call__", watch.wrap(sweep_launch.ConfigYaml, "__call__", "config.yaml")),
-            (sweep_launch, "_write_new", watch.wrap(sweep_launch, "_write_new", "file writes")),
+            (rundir, "write_new", watch.wrap(rundir, "write_new", "file writes")),
             (rundir, "make_run_dir", watch.wrap(rundir, "make_run_dir", "mkdir")),
         ]
         t0 = time.perf_counter()
         try:
-            launch = sweep_launch.launch_sweep(overrides + [f"work_dir={work}"], dry_run=True)
+            launch = sweep_launch.launch_sweep(overrides + [f"work_dir={work}"], dry_run=True,
+                                               out=str(work / "results"))
         finally:
             for module, name, original in restore:
                 setattr(module, name, original)
@@ -101,11 +102,11 @@ def slurm_up() -> bool:
 
 
 def bench_submit(n: int, work: Path) -> None:
-    from hpc_ft.submit import executors
+    from hpc_ft.executors import slurm as executors
     from hpc_ft.sweep.launch import launch_sweep
 
     launch = launch_sweep([f"work_dir={work}", "cluster=slurm_local", "+cluster.sbatch_extra.hold=",
-                           f"model.seed=range(0,{n})", "sweep.steps=1"], dry_run=True)
+                           f"model.seed=range(0,{n})", "sweep.steps=1"], dry_run=True, out=str(work / "results"))
     kept = launch.kept
     job_ids = []
     try:

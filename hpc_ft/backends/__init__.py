@@ -1,8 +1,10 @@
-"""Backends: the only place that knows a training framework. Each turns a JobSpec into job steps."""
+"""Backends: the only place that knows a training framework, behind the `Backend` Protocol (base.py)."""
 
 from __future__ import annotations
 
 from types import ModuleType
+
+from hpc_ft.backends.base import Backend, detect_backend, get_backend  # noqa: F401 - the seam
 
 
 def backend_module(name: str) -> ModuleType:

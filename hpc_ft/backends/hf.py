@@ -137,3 +137,63 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--events", tp["events"],
     ]
     return [Step("eval", in_container(spec, cmd))]
+
+
+class HfBackend:
+    """hf as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to hf's run reader."""
+
+    name = "hf"
+    tasks = ("sft",)
+    keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
+
+    def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return train_steps(spec, run_dir)
+
+    def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return eval_steps(spec, run_dir)
+
+    def prepare_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return prepare_steps(spec, run_dir)
+
+    def job_env(self, spec: DictConfig) -> Dict[str, str]:
+        return job_env(spec)
+
+    def input_problems(self, spec: DictConfig) -> List[str]:
+        if spec.model.build == "tiny":
+            return []
+        if os.path.isfile(os.path.join(spec.model.hf_path or "", "config.json")):
+            return []
+        return [f"model.hf_path={spec.model.hf_path}: no config.json there. Fetch it first: `hpc-ft model fetch`."]
+
+    def point_values(self, spec, run_dir):
+        return []  # every point writes into its own run directory already
+
+    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, object]:
+        return {}
+
+    def read_events(self, run_dir):
+        from hpc_ft.track.hf_events import read_hf_events
+
+        return read_hf_events(os.path.join(run_dir, "events.jsonl"), run_dir)
+
+    def peak_memory_mb(self, run_dir):
+        """The `end` event's peak_rss_mb (host RSS, summed over ranks), read from the end of events.jsonl."""
+        import json
+
+        try:
+            with open(os.path.join(run_dir, "events.jsonl"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in reversed(tail.splitlines()):
+            if '"end"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("kind") == "end" and isinstance(event.get("peak_rss_mb"), (int, float)):
+                return float(event["peak_rss_mb"])
+        return None

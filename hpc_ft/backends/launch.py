@@ -34,13 +34,21 @@ def python_exe(spec: DictConfig) -> str:
     return sys.executable
 
 
+def launcher(spec: DictConfig) -> List[Token]:
+    """torchrun itself: the container's `torchrun` (as the reference tutorial calls it), or, without a
+    container, the run's own interpreter with `-m torch.distributed.run`, so that nothing depends on
+    the submitting shell's PATH (a bare `torchrun` is found only where torch is installed outside the venv)."""
+    py = python_exe(spec)
+    return ["torchrun"] if py == "python" else [py, "-m", "torch.distributed.run"]
+
+
 def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> List[Token]:
     """torchrun for devices x nodes processes; one srun task per node when num_nodes > 1.
 
     `target` is a script path (or, with module=True, a `-m module`) followed by its arguments.
     """
     t = spec.trainer
-    head: List[Token] = ["torchrun", f"--nproc_per_node={t.devices}"]
+    head: List[Token] = launcher(spec) + [f"--nproc_per_node={t.devices}"]
     if t.num_nodes > 1:
         head += [
             f"--nnodes={t.num_nodes}",
@@ -55,13 +63,13 @@ def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> 
 
 def multinode_prefix(spec: DictConfig) -> List[Token]:
     """srun, one task per node, for multi-node jobs (the rendezvous host is the allocation's first node)."""
-    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
-        return ["srun", f"--nodes={spec.trainer.num_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    return []
+    from hpc_ft.executors import get_executor
+
+    return get_executor(spec).multinode_launcher(int(spec.trainer.num_nodes))
 
 
 def prologue(spec: DictConfig) -> List[str]:
     """Shell lines a job needs before its steps: the rendezvous host of a multi-node job."""
-    if spec.trainer.num_nodes > 1 and spec.cluster.executor == "slurm":
-        return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"']
-    return []
+    from hpc_ft.executors import get_executor
+
+    return get_executor(spec).multinode_prologue(int(spec.trainer.num_nodes))

@@ -204,3 +204,57 @@ def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     args = _render(pack_overrides(spec, run_dir), [])
     # As the reference runs eval: plain python, Lightning spawns trainer.devices ranks itself.
     return [Step("pack", in_container(spec, ["python", script] + args), skip_if_exists=packed_npy(spec, run_dir))]
+
+
+class NemoBackend:
+    """NeMo as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to NeMo's log reader."""
+
+    name = "nemo"
+    tasks = ("sft",)
+    keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
+
+    def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return train_steps(spec, run_dir)
+
+    def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return eval_steps(spec, run_dir)
+
+    def prepare_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return prepare_steps(spec, run_dir)
+
+    def job_env(self, spec: DictConfig) -> Dict[str, str]:
+        return job_env(spec)
+
+    def input_problems(self, spec: DictConfig) -> List[str]:
+        import os
+
+        path = spec.model.restore_from_path
+        if path and os.path.isfile(path):
+            return []
+        return [f"model.restore_from_path={path}: the base .nemo does not exist. "
+                "Convert it first: `hpc-ft model convert` (or point the key at your .nemo)."]
+
+    def point_values(self, spec, run_dir):
+        # NeMo resumes from <exp_dir>/<name> (resume_if_exists): each sweep point gets its own, in its run directory
+        return [("exp_manager.exp_dir", str(run_dir / "nemo"))]
+
+    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, Any]:
+        m = cfg.model
+        return dict(exp_name=cfg.exp_manager.name, nemo_exp_root=cfg.exp_manager.exp_dir,
+                    expected_ranks=int(m.tensor_model_parallel_size) * int(m.pipeline_model_parallel_size),
+                    mode=cfg.exp_manager.early_stopping_callback_params.mode)
+
+    def read_events(self, run_dir):
+        from pathlib import Path
+
+        from hpc_ft.track.nemo_log import parse_nemo_log
+
+        events = []
+        for name in ("job.out", "job.err"):
+            p = Path(run_dir) / "logs" / name
+            if p.exists():
+                events += parse_nemo_log(p)
+        return events
+
+    def peak_memory_mb(self, run_dir):
+        return None  # NeMo reports none

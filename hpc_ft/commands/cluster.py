@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from hpc_ft.executors import slurm
+
 OK, FAIL, SKIP, WARN = "ok", "fail", "skip", "warn"
 SLURM_TIMEOUT_S = 30
 
@@ -43,15 +45,9 @@ def add_commands(sub) -> None:
 
 def _run(argv: list[str]):
     """(returncode, stdout, stderr) of a Slurm client command; never raises for a failing command."""
-    import subprocess
+    from hpc_ft.executors.slurm import call
 
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
-    except FileNotFoundError:
-        return 127, "", f"{argv[0]}: not found"
-    except subprocess.TimeoutExpired:
-        return 124, "", f"{' '.join(argv)}: no answer in {SLURM_TIMEOUT_S} s"
-    return proc.returncode, proc.stdout, proc.stderr
+    return call(argv, timeout=SLURM_TIMEOUT_S, retries=1)
 
 
 def _last_line(text: str) -> str:
@@ -117,7 +113,8 @@ def _check_binaries(checks: list[Check]) -> bool:
     import os
     import shutil
 
-    tools = ("sbatch", "sinfo", "scontrol")
+    from hpc_ft.executors.slurm import CLIENT_TOOLS as tools
+
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         checks.append(Check("commands", FAIL, f"{', '.join(missing)} not on PATH: run this on a login node of the "
@@ -133,7 +130,7 @@ def _check_partition(spec, checks: list[Check]) -> str | None:
     from hpc_ft.errors import did_you_mean
 
     c = spec.cluster
-    rc, out, err = _run(["sinfo", "-h", "-o", "%P"])
+    rc, out, err = slurm.partitions()
     if rc != 0:
         checks.append(Check("reachable", FAIL, f"sinfo failed (exit {rc}): {_last_line(err or out)}; is slurmctld up? "
                                                "(`scontrol ping`)"))
@@ -157,7 +154,7 @@ def _check_partition(spec, checks: list[Check]) -> str | None:
             return None
         part = default
         how = f"cluster.partition unset: the default partition '{default}'"
-    rc, out, err = _run(["scontrol", "show", "partition", part, "-o"])
+    rc, out, err = slurm.partition(part)
     info = parse_scontrol(out) if rc == 0 else {}
     state = info.get("State", "?")
     if rc != 0:
@@ -208,7 +205,7 @@ def _check_gpus(spec, part: str | None, checks: list[Check]) -> None:
     if part is None:
         checks.append(Check("gpus", SKIP, "no usable partition to look at"))
         return
-    rc, out, err = _run(["sinfo", "-h", "-p", part, "-N", "-o", "%N %G"])
+    rc, out, err = slurm.partition_gres(part)
     if rc != 0:
         checks.append(Check("gpus", FAIL, f"sinfo -p {part} failed: {_last_line(err or out)}"))
         return
@@ -252,7 +249,7 @@ def _check_test_only(spec, checks: list[Check]) -> None:
     import tempfile
 
     from hpc_ft.errors import UserError
-    from hpc_ft.submit.executors import test_only
+    from hpc_ft.executors.slurm import test_only
 
     with tempfile.TemporaryDirectory(prefix="hpc-ft-cluster-check-") as tmp:
         path = render_check_script(spec, tmp)
@@ -315,7 +312,9 @@ def _check_modules(spec, checks: list[Check]) -> None:
 def run_checks(spec) -> list[Check]:
     checks: list[Check] = []
     c = spec.cluster
-    if c.executor != "slurm":
+    from hpc_ft.executors import get_executor
+
+    if not get_executor(spec).queues_jobs:
         checks.append(Check("slurm", SKIP, f"cluster={c.name} uses executor={c.executor}: jobs run on this machine"))
     elif _check_binaries(checks):
         part = _check_partition(spec, checks)

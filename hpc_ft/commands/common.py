@@ -25,11 +25,12 @@ def registry():
 
 
 def resolve_run(ref: Optional[str]) -> Dict[str, Any]:
-    """A registry row for RUN (id prefix, job id or run directory); the latest run without RUN.
+    """A registry row for RUN (id prefix, job id or run directory); without RUN, the latest run of the current
+    work_dir (the newest run whose run directory lies under the current directory).
 
     A run directory that is not in the registry (copied from elsewhere, or a NeMo run written by hand)
     is read from its run.json. A run id or job id that the registry does not know is looked for in
-    Slurm (`hpc_ft.track.reconcile`): a run whose submitter died right after sbatch is found that way.
+    Slurm (`hpc_ft.submit.reconcile`): a run whose submitter died right after sbatch is found that way.
     """
     if ref and os.path.isdir(ref):
         p = Path(ref).resolve()
@@ -40,13 +41,18 @@ def resolve_run(ref: Optional[str]) -> Dict[str, Any]:
         return row_from_run_dir(p)
     reg = registry()
     if not ref:
-        row = reg.latest()
+        here = os.getcwd()
+        row = reg.latest(under=here)
         if row is None:
-            raise UserError("no runs registered yet. Start one: `hpc-ft train` (or `hpc-ft demo`).")
+            if reg.latest() is None:
+                raise UserError("no runs registered yet. Start one: `hpc-ft train` (or `hpc-ft demo`).")
+            raise UserError(f"no run of this work_dir ({here}) in the registry: the latest run is the latest one "
+                            "under the current directory. Give the run (`hpc-ft runs` lists them), or cd to "
+                            "its work_dir.")
         return row
     rows = reg.find(ref)
     if not rows:
-        from hpc_ft.track.reconcile import reconcile_quietly
+        from hpc_ft.submit.reconcile import reconcile_quietly
 
         if reconcile_quietly(reg, ref):  # its submitting shell may have died right after sbatch
             rows = reg.find(ref)
@@ -69,7 +75,9 @@ def row_from_run_dir(run_dir: Path) -> Dict[str, Any]:
         raise UserError(f"{run_dir}/run.json: not valid JSON ({exc.msg}, line {exc.lineno}).") from None
     backend = rec.get("backend")
     if backend is None:
-        backend = "nemo" if any(run_dir.glob("**/nemo_log_globalrank-*.txt")) or (run_dir / "checkpoints").glob("**/*.ckpt") else "hf"
+        from hpc_ft.backends.base import detect_backend
+
+        backend = detect_backend(run_dir)
     return {
         "run_id": rec.get("run_id", run_dir.name),
         "name": rec.get("name", run_dir.parent.name),
@@ -89,7 +97,7 @@ def print_launch(launch, warnings: List[str], *, dry_run: bool, as_json: bool) -
         print(f"hpc-ft: warning: {w}", file=sys.stderr)
     if as_json:
         print(json.dumps({"run_id": launch.run_id, "run_dir": str(launch.run_dir), "jobs": launch.job_ids,
-                          "dry_run": dry_run}, indent=2))
+                          "dry_run": dry_run, "written": launch.written}, indent=2))
         return
     if dry_run:
         kinds = list(launch.scripts)
@@ -97,7 +105,9 @@ def print_launch(launch, warnings: List[str], *, dry_run: bool, as_json: bool) -
             if i:
                 sys.stdout.write(f"\n# ---- {kind}.sbatch (submitted with afterok on the {kinds[i - 1]} job) ----\n")
             sys.stdout.write(script.text)
-        print(f"hpc-ft: dry run: rendered {launch.run_dir} (nothing submitted)", file=sys.stderr)
+        where = (f"rendered {launch.run_dir}" if launch.written
+                 else "rendered, nothing written (--out DIR keeps the run folder)")
+        print(f"hpc-ft: dry run: {where} (nothing submitted)", file=sys.stderr)
         return
     jobs = " ".join(f"{k}={v}" for k, v in launch.job_ids.items())
     print(f"run {launch.run_id} submitted: {jobs}")

@@ -107,7 +107,9 @@ def _build_job(plan, args) -> str:
 
     spec = compose_job(args.slurm or [])
     c = spec.cluster
-    if c.executor != "slurm":
+    from hpc_ft.executors import get_executor
+
+    if not get_executor(spec).queues_jobs:
         raise UserError(
             f"cluster={c.name} has executor={c.executor}; a Slurm build job needs a Slurm profile, "
             "e.g. --slurm cluster=nig (list them with `hpc-ft cluster list`)"

@@ -34,7 +34,9 @@ def run_demo(overrides: List[str]) -> int:
     # one thread: on a small shared machine a second thread costs more than it brings
     base = ["cluster=local", "eval=true", "backend.threads=1"]
     spec = compose_job([*base, *overrides])
-    if spec.backend.name != "hf" or spec.cluster.executor != "local":
+    from hpc_ft.executors import get_executor
+
+    if spec.backend.name != "hf" or get_executor(spec).queues_jobs:
         raise UserError("the demo runs the hf backend on the local executor; drop backend=/cluster= overrides "
                         "(use `hpc-ft train` for other setups).")
     for w in preflight(spec, force=False):

@@ -33,11 +33,11 @@ def _score(path: str, misses: int, as_json: bool) -> int:
 
 def eval_spec_for_run(run_dir: Path, overrides):
     """The training run's resolved config with eval-time overrides; TP/PP must stay the training's."""
-    from hpc_ft.compose.compose import _schema
+    from hpc_ft.compose.compose import schema_config
     from hpc_ft.compose.checks import check_spec
 
     train = OmegaConf.load(run_dir / "config.yaml")
-    spec = OmegaConf.merge(_schema(), train)
+    spec = OmegaConf.merge(schema_config(), train)
     try:
         spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(list(overrides)))
     except Exception as exc:  # noqa: BLE001 - shown to the user as a config error
@@ -62,9 +62,11 @@ def run_eval(args) -> int:
     if args.run:
         row = resolve_run(args.run)
         spec = eval_spec_for_run(Path(row["run_dir"]), args.overrides)
-        launch = launch_eval(spec, row, dry_run=args.dry_run, registry=None if args.dry_run else registry())
+        launch = launch_eval(spec, row, dry_run=args.dry_run, registry=None if args.dry_run else registry(),
+                             out=args.out)
     else:
         spec = compose_job(args.overrides)
-        launch = launch_eval(spec, None, dry_run=args.dry_run, registry=None if args.dry_run else registry())
+        launch = launch_eval(spec, None, dry_run=args.dry_run, registry=None if args.dry_run else registry(),
+                             out=args.out)
     print_launch(launch, [], dry_run=args.dry_run, as_json=args.json)
     return 0

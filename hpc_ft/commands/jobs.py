@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from hpc_ft.errors import UserError
+
 
 def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
@@ -15,7 +17,10 @@ def _overrides(p: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="compose, validate, render and submit a fine-tuning job")
     _overrides(p)
-    p.add_argument("--dry-run", action="store_true", help="do everything but submit; print the sbatch script")
+    p.add_argument("--dry-run", action="store_true", help="do everything but submit; print the sbatch script "
+                                                          "(writes nothing unless --out)")
+    p.add_argument("--out", metavar="DIR", help="with --dry-run: write the rendered run folder under DIR "
+                                                "(DIR/<name>/<run_id>/) instead of nothing")
     p.add_argument("--force", action="store_true", help="submit even when the planner says it cannot fit")
     p.add_argument("-m", "--multirun", action="store_true", help="a sweep: one job array over all points")
     p.add_argument("--json", action="store_true", help="machine-readable output (with --dry-run -m: the points)")
@@ -25,7 +30,9 @@ def add_commands(sub) -> None:
     _overrides(p)
     p.add_argument("--run", help="evaluate this run's best checkpoint (default: compose from overrides)")
     p.add_argument("--predictions", help="compute accuracy of this predictions jsonl {input,pred,label} and show misses")
-    p.add_argument("--dry-run", action="store_true", help="render the eval job and print it; submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="render the eval job and print it; submit nothing, "
+                                                          "write nothing unless --out")
+    p.add_argument("--out", metavar="DIR", help="with --dry-run: write the rendered run folder under DIR")
     p.add_argument("--misses", type=int, default=10, help="how many misses to show (default 10)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -34,7 +41,8 @@ def add_commands(sub) -> None:
     _overrides(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("status", help="state, progress, losses, best checkpoint of a run (default: latest)")
+    p = sub.add_parser("status", help="state, progress, losses, best checkpoint of a run (default: the latest of "
+                                      "this work_dir); exit 0 only when it COMPLETED")
     p.add_argument("run", nargs="?", help="run id (a prefix is enough), run directory or job id")
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", action="store_true", help="block until the run ends")
@@ -49,13 +57,15 @@ def cmd_train(args) -> int:
     from hpc_ft.submit.preflight import preflight
 
     if args.multirun:
-        from hpc_ft.sweep.launch import cmd_sweep_train
+        from hpc_ft.commands.sweep import cmd_sweep_train
 
         return cmd_sweep_train(args)
     spec = compose_job(args.overrides)
     warnings = preflight(spec, force=args.force)
+    if args.out and not args.dry_run:
+        raise UserError("--out DIR: only with --dry-run (a real run's folder is exp_manager.exp_dir/<name>/<run_id>).")
     launch = launch_run(spec, args.overrides, dry_run=args.dry_run, with_eval=bool(spec.eval),
-                        registry=None if args.dry_run else registry())
+                        registry=None if args.dry_run else registry(), out=args.out)
     print_launch(launch, warnings, dry_run=args.dry_run, as_json=args.json)
     return 0
 
@@ -76,14 +86,20 @@ def cmd_status(args) -> int:
     from hpc_ft.commands.common import registry, resolve_run
     from hpc_ft.track.status import format_status, run_status, wait_for_end
 
+    from hpc_ft.track.outcome import UNDECIDED, exit_code_for
+
     row = resolve_run(args.run)
     reg = None if row.get("unregistered") else registry()
     st = wait_for_end(row, registry=reg) if args.wait else run_status(row, reg)
+    undecided = st.pop("undecided", None)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(format_status(st))
-    return 0
+    if undecided:
+        print(f"hpc-ft: run {st['run_id']}: cannot tell how it ends: {undecided}", file=sys.stderr)
+        return UNDECIDED
+    return exit_code_for(st.get("state"))  # 0 only for COMPLETED (docs/user-guide.md: exit codes)
 
 
 def add_tracking_commands(sub) -> None:
@@ -133,7 +149,7 @@ def cmd_runs(args) -> int:
 
     reg = registry()
     if args.reconcile:
-        from hpc_ft.track.reconcile import reconcile
+        from hpc_ft.submit.reconcile import reconcile
 
         found = reconcile(reg, since_days=args.since)
         lost = [r for r in found if r.action == "not found"]
@@ -170,7 +186,7 @@ def cmd_watch(args) -> int:
 
 def cmd_cancel(args) -> int:
     from hpc_ft.commands.common import registry, resolve_run
-    from hpc_ft.track.control import cancel_run
+    from hpc_ft.submit.control import cancel_run
 
     row = resolve_run(args.run)
     done = cancel_run(row, registry())
@@ -180,7 +196,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_resume(args) -> int:
     from hpc_ft.commands.common import registry, resolve_run
-    from hpc_ft.track.control import resume_run
+    from hpc_ft.submit.control import resume_run
 
     row = resolve_run(args.run)
     jobs = resume_run(row, registry(), force=args.force)
@@ -194,8 +210,18 @@ def cmd_resume(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from hpc_ft.track.plot import plot_target
+    """A run (id, dir, job id) or, when RUN names a sweep, the sweep's throughput chart."""
+    from hpc_ft.commands.common import registry, resolve_run
 
-    path = plot_target(args.run, args.output)
+    reg = registry()
+    sweep = reg.get_sweep(args.run) if args.run else None
+    if sweep is not None:
+        from hpc_ft.sweep.plot import plot_sweep
+
+        path = plot_sweep(sweep, args.output, reg)
+    else:
+        from hpc_ft.track.plot import plot_run
+
+        path = plot_run(resolve_run(args.run), args.output)
     print(f"wrote {path}")
     return 0

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from hpc_ft.errors import UserError, did_you_mean
 
-EXECUTORS = ("local", "slurm")
+EXECUTORS = ("local", "slurm")  # hpc_ft.executors.EXECUTORS
 RUNTIMES = ("none", "singularity", "apptainer")
 BACKENDS = ("hf", "nemo")
 PRECISIONS = ("16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true")
@@ -66,9 +66,6 @@ def check_spec(spec: DictConfig) -> None:
         raise UserError(f"trainer.val_check_interval={v}: a float must be in (0, 1]. Use an int for every-N-steps.")
     if isinstance(v, int) and v < 1:
         raise UserError(f"trainer.val_check_interval={v}: must be >= 1 step.")
-    if c.executor == "slurm" and t.num_nodes > c.nodes:
-        # the allocation follows trainer.num_nodes; cluster.nodes is the site's node count limit
-        pass
     if c.gpu.per_node and t.devices > c.gpu.per_node:
         raise UserError(
             f"trainer.devices={t.devices}: cluster '{c.name}' has {c.gpu.per_node} GPUs per node. "
@@ -120,6 +117,22 @@ def _no_line_break(key: str, value) -> None:
         )
 
 
+_EXPORT_ITEM = re.compile(r"^(ALL|NONE|[A-Za-z_][A-Za-z0-9_]*(=[^,\s]*)?)$")
+
+
+def _check_export(value) -> None:
+    """cluster.export as sbatch reads it: ALL, NONE, or a comma list of NAME / NAME=value."""
+    if value is None:
+        return
+    items = str(value).split(",")
+    bad = next((i for i in items if not _EXPORT_ITEM.match(i)), None)
+    if bad is not None:
+        raise UserError(
+            f"cluster.export={value!r}: '{bad}' is not ALL, NONE or an environment variable (NAME or NAME=value). "
+            "Use cluster.export=NONE (a clean environment) or cluster.export=ALL."
+        )
+
+
 def _check_sbatch_lines(spec: DictConfig) -> None:
     """Values that sbatch reads itself (#SBATCH lines: run directory, job name, partition, ...)."""
     c = spec.cluster
@@ -128,6 +141,7 @@ def _check_sbatch_lines(spec: DictConfig) -> None:
     _no_line_break("exp_manager.name", spec.exp_manager.name)
     for key in ("partition", "account", "qos"):
         _no_line_break(f"cluster.{key}", c[key])
+    _check_export(c.export)
     for k, v in c.sbatch_extra.items():
         if not _SBATCH_OPTION.match(str(k)):
             raise UserError(f"cluster.sbatch_extra: '{k}' is not an sbatch option name (e.g. constraint, reservation).")

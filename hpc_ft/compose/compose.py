@@ -39,7 +39,7 @@ def user_conf_dir() -> Optional[Path]:
     return default if default.is_dir() else None
 
 
-def _group_options(group: str) -> List[str]:
+def group_options(group: str) -> List[str]:
     names = set()
     for root in (conf_dir(), user_conf_dir()):
         if root and (root / group).is_dir():
@@ -66,7 +66,7 @@ def _schema_keys(node) -> List[str]:
 _SCHEMA = None
 
 
-def _schema() -> DictConfig:
+def schema_config() -> DictConfig:
     global _SCHEMA
     if _SCHEMA is None:
         from hpc_ft.compose.schema_cache import structured_schema
@@ -75,7 +75,7 @@ def _schema() -> DictConfig:
     return _SCHEMA
 
 
-def _normalise_overrides(overrides: Sequence[str]) -> List[str]:
+def normalise_overrides(overrides: Sequence[str]) -> List[str]:
     """Accept `+experiment=x` and `experiment=x` alike (experiment is in the defaults list)."""
     out = []
     for o in overrides:
@@ -90,7 +90,7 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
     m = re.search(r"Could not (?:find|load) '([\w\-/]+)/([\w\-.]+)'", str(exc))
     if m:
         group, option = m.group(1), m.group(2)
-        options = _group_options(group)
+        options = group_options(group)
         return UserError(
             f"{group}={option}: no such option in group '{group}'.{did_you_mean(option, options)} "
             f"Available: {', '.join(options) or '(none)'}."
@@ -105,7 +105,7 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
                 f"+{key}=VALUE"
             )
         return UserError(
-            f"{key}: unknown key.{did_you_mean(key, _schema_keys(_schema()))} "
+            f"{key}: unknown key.{did_you_mean(key, _schema_keys(schema_config()))} "
             "Check the spelling against docs/user-guide.md (every key is listed there)."
         )
     if type(exc).__name__ == "OverrideParseException":
@@ -121,7 +121,7 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
 def _is_open_map(dotted: str) -> bool:
     """True for a schema key that is a free-form mapping (cluster.env, backend.env, cluster.sbatch_extra)."""
     try:
-        node = OmegaConf.select(_schema(), dotted)
+        node = OmegaConf.select(schema_config(), dotted)
     except OmegaConfBaseException:
         return False
     return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
@@ -153,7 +153,7 @@ def _prepend_user_dir(udir: Path) -> None:
     loader.repository.initialize_sources(csp)
 
 
-def _hydra_compose(overrides: List[str]) -> DictConfig:
+def hydra_compose(overrides: List[str]) -> DictConfig:
     """Hydra's compose API over the shipped conf/ (and the user's own tree), memoised on disk.
 
     The cache key covers the overrides, Hydra's version and every config file's name, size and
@@ -240,7 +240,7 @@ def _cache_put(key: str, cfg: DictConfig) -> None:
         pass  # a read-only home: compose every time
 
 
-def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
+def to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
     """Merge the composed config onto the typed schema and resolve every interpolation."""
     if "hydra" in cfg:
         with_flag = OmegaConf.to_container(cfg, resolve=False)
@@ -250,16 +250,16 @@ def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     cfg.work_dir = os.path.abspath(base)
     try:
-        spec = OmegaConf.merge(_schema(), cfg)
+        spec = OmegaConf.merge(schema_config(), cfg)
     except ConfigKeyError as exc:
         key = getattr(exc, "full_key", None) or str(exc)
         raise UserError(
-            f"{key}: unknown key.{did_you_mean(str(key), _schema_keys(_schema()))} "
+            f"{key}: unknown key.{did_you_mean(str(key), _schema_keys(schema_config()))} "
             "Check the spelling against docs/user-guide.md (every key is listed there)."
         ) from None
     except ValidationError as exc:
         key = getattr(exc, "full_key", "") or "config"
-        raise UserError(f"{key}: {_first_line(exc)}. {_type_fix(key)}") from None
+        raise UserError(f"{key}: {first_line(exc)}. {_type_fix(key)}") from None
     try:
         OmegaConf.resolve(spec)
     except MissingMandatoryValue as exc:
@@ -267,7 +267,7 @@ def _to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
         raise UserError(f"{key}: missing value. Set it on the command line: {key}=...") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or "config"
-        raise UserError(f"{key}: {_first_line(exc)}") from None
+        raise UserError(f"{key}: {first_line(exc)}") from None
     missing = OmegaConf.missing_keys(spec)
     if missing:
         key = sorted(missing)[0]
@@ -282,7 +282,7 @@ _TYPE_EXAMPLES = {int: ("an integer", "8"), float: ("a number", "0.5"), bool: ("
 
 def _type_fix(key: str) -> str:
     """'Give KEY <kind of value>, e.g. KEY=<example>.' from the schema's type of `key`."""
-    node = _schema()
+    node = schema_config()
     try:
         for part in key.split("."):
             node = node._get_node(part)
@@ -301,7 +301,7 @@ def _type_fix(key: str) -> str:
     return f"Give {key} {kind}{' (or null)' if optional else ''}, e.g. {key}={example}."
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
@@ -309,27 +309,7 @@ def compose_job(overrides: Iterable[str] = (), work_dir: Optional[str] = None) -
     """Compose, type-check, resolve and check ranges. Returns the JobSpec as a typed DictConfig."""
     from hpc_ft.compose.checks import check_spec
 
-    cfg = _hydra_compose(_normalise_overrides(list(overrides)))
-    spec = _to_spec(cfg, work_dir)
+    cfg = hydra_compose(normalise_overrides(list(overrides)))
+    spec = to_spec(cfg, work_dir)
     check_spec(spec)
     return spec
-
-
-def sweep_points(overrides: Sequence[str]) -> List[List[str]]:
-    """Expand Hydra multirun overrides (a=1,2  range()  choice()) into one override list per point."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(_normalise_overrides(list(overrides)))
-    except HydraException as exc:
-        raise UserError(f"sweep overrides: {_first_line(exc)}. Use key=a,b,c or key=range(1,5).") from None
-    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [list(p) for batch in batches for p in batch]
-
-
-def compose_sweep(overrides: Sequence[str], work_dir: Optional[str] = None):
-    """Compose every point of a multirun sweep. Returns [(point_overrides, spec), ...]."""
-    return [(point, compose_job(point, work_dir)) for point in sweep_points(overrides)]

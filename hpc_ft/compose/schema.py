@@ -42,6 +42,9 @@ class ClusterConf:
     signal_before_timeout_s: int = 90
     max_requeues: int = 3
     sbatch_extra: Dict[str, str] = field(default_factory=dict)  # extra #SBATCH --key=value
+    # #SBATCH --export=...: null = Slurm's default (ALL: the submitting shell's environment); NONE = the
+    # job starts from a clean environment (what careful sites use). The script sets what the job needs.
+    export: Optional[str] = None
 
 
 @dataclass

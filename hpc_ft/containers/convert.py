@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from hpc_ft.containers.recipes import _parse_spython, write_singularity
+from hpc_ft.containers.recipes import parse_spython, write_singularity
 from hpc_ft.errors import UserError
 
 
@@ -30,7 +30,7 @@ def convert_dockerfile(dockerfile: str | os.PathLike, out_def: str | os.PathLike
         out = Path(out_def)
         if out.exists() and not force:
             raise UserError(f"{out} already exists; choose another -o path or pass --force to overwrite")
-    stages = _parse_spython(src, "docker")
+    stages = parse_spython(src, "docker")
     if not any(stage.fromHeader for stage in stages.values()):
         raise UserError(f"{src}: no FROM line, nothing to convert")
     header = f"# Converted from {src.name} by hpc-ft (spython). Review before building.\n"
@@ -57,22 +57,22 @@ def convert_definition(definition: str | os.PathLike, out_dockerfile: str | os.P
     """
     from spython.main.parse.writers import DockerWriter
 
-    from hpc_ft.containers.recipes import _SPYTHON_SCRIPT_LINE, _quiet_spython
+    from hpc_ft.containers.recipes import SPYTHON_SCRIPT_LINE, quiet_spython
 
     src = Path(definition)
     if not src.is_file():
         raise UserError(f"definition file {src} does not exist")
     if out_dockerfile is not None and Path(out_dockerfile).exists() and not force:
         raise UserError(f"{out_dockerfile} already exists; choose another -o path or pass --force to overwrite")
-    stages = _parse_spython(src, "singularity")
+    stages = parse_spython(src, "singularity")
     had_test = False
     for stage in stages.values():
         stage.labels = _guard_user([f'{k}="{v}"' for k, v in stage.labels], "LABEL")
         stage.environ = _guard_user(stage.environ, "ENV")
-        stage.install = _guard_user([ln for ln in stage.install if not _SPYTHON_SCRIPT_LINE.match(ln.strip())], "RUN")
+        stage.install = _guard_user([ln for ln in stage.install if not SPYTHON_SCRIPT_LINE.match(ln.strip())], "RUN")
         had_test = had_test or stage.test is not None
         stage.test = None
-    with _quiet_spython():
+    with quiet_spython():
         body = DockerWriter(stages).convert()
     if len(stages) == 1:  # one stage needs no name, and spython cannot read back 'AS spython-base'
         body = re.sub(r"(?m)^(FROM \S+) AS spython-base$", r"\1", body)

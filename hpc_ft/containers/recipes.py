@@ -34,7 +34,7 @@ RECIPE_SUFFIXES = (".def",)
 DOCKERFILE_PREFIX = "Dockerfile"
 
 # Lines spython adds to the install list to emulate %test / %runscript scripts; they are not %post.
-_SPYTHON_SCRIPT_LINE = re.compile(r'^(echo ".*" >> /(tests|entrypoint)\.sh|chmod u\+x /(tests|entrypoint)\.sh)$')
+SPYTHON_SCRIPT_LINE = re.compile(r'^(echo ".*" >> /(tests|entrypoint)\.sh|chmod u\+x /(tests|entrypoint)\.sh)$')
 _SECTION_LINE = re.compile(r"^%([A-Za-z]+)\b")
 
 
@@ -149,7 +149,7 @@ def find_recipe(name: str, directory: str | os.PathLike | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_spython() -> Iterator[None]:
+def quiet_spython() -> Iterator[None]:
     """Silence spython's warnings (e.g. a COPY source that only exists at build time)."""
     from spython.logger import bot
     from spython.logger.message import ERROR
@@ -202,7 +202,7 @@ def _post_lines(install: list[str]) -> list[str]:
     lines = []
     for line in install:
         s = line.strip()
-        if not s or s.startswith("#") or _SPYTHON_SCRIPT_LINE.match(s):
+        if not s or s.startswith("#") or SPYTHON_SCRIPT_LINE.match(s):
             continue
         lines.append(s)
     return lines
@@ -217,12 +217,12 @@ def _raw_sections(path: Path) -> list[str]:
     return sections
 
 
-def _parse_spython(path: Path, kind: str) -> dict:
+def parse_spython(path: Path, kind: str) -> dict:
     """Run spython's parser; return its stage dict (layer name -> spython Recipe)."""
     from spython.main.parse.parsers import DockerParser, SingularityParser
 
     parser_cls = DockerParser if kind == "docker" else SingularityParser
-    with _quiet_spython():
+    with quiet_spython():
         try:
             parser = parser_cls(str(path))
         except SystemExit as exc:  # spython calls sys.exit on a missing file or a bad FROM
@@ -243,7 +243,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     if not p.is_file():
         raise UserError(f"recipe {p} does not exist")
     kind = "docker" if is_dockerfile(p) else "singularity"
-    stages = _parse_spython(p, kind)
+    stages = parse_spython(p, kind)
     first = next(iter(stages.values()))
     if not first.fromHeader:
         raise UserError(f"{p}: no base image ({'FROM' if kind == 'docker' else 'From:'} line)")
@@ -270,7 +270,7 @@ def write_singularity(stages: dict) -> str:
     """
     from spython.main.parse.writers import SingularityWriter
 
-    with _quiet_spython():
+    with quiet_spython():
         text = SingularityWriter(stages).convert()
     if len(stages) == 1:
         text = "\n".join(ln for ln in text.splitlines() if not re.match(r"^Stage:\s*spython-base\s*$", ln))
@@ -280,7 +280,7 @@ def write_singularity(stages: dict) -> str:
 def _round_trip(path: Path, kind: str) -> tuple[Recipe, Recipe]:
     """Parse `path`, write it as a Singularity recipe, parse that again."""
     before = load_recipe(path)
-    text = write_singularity(_parse_spython(path, kind))
+    text = write_singularity(parse_spython(path, kind))
     with tempfile.TemporaryDirectory(prefix="hpc-ft-lint-") as tmp:
         out = Path(tmp) / "roundtrip.def"
         out.write_text(text + "\n", encoding="utf-8")

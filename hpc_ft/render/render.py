@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 from omegaconf import DictConfig
 
 from hpc_ft.errors import UserError
+from hpc_ft.executors import get_executor
 from hpc_ft.render.shell import Token, sbatch_value, shell_comment, shell_join, shell_quote, slurm_filename
 
 
@@ -104,7 +106,7 @@ def sbatch_options(
     """The #SBATCH lines of a job, in a stable order."""
     c = spec.cluster
     opts: List[str] = [f"--job-name={sbatch_value(job_name)}", f"--nodes={nodes}"]
-    if c.executor == "slurm" and nodes > 1:
+    if get_executor(spec).queues_jobs and nodes > 1:
         opts.append("--ntasks-per-node=1")
     opts.append(f"--cpus-per-task={c.cpus_per_task}")
     if c.mem_per_cpu:
@@ -121,6 +123,11 @@ def sbatch_options(
     opts.append(f"--output={sbatch_value(slurm_filename(output))}")
     opts.append("--open-mode=append")
     opts.append("--requeue")
+    if c.export:
+        export = str(c.export)
+        if export == "NONE" and spec.secrets:  # secrets travel by name from the submitting shell, never as values
+            export = ",".join(spec.secrets)
+        opts.append(f"--export={sbatch_value(export)}")
     if array:
         opts.append(f"--array={array}")
     if dependency:
@@ -154,11 +161,12 @@ def render_job_script(
     try:
         text = template_env().get_template(template).render(
             version=__version__,
+            interpreter_bin=os.path.dirname(sys.executable),
             run_id=run_id,
             run_dir=run_dir,
             description=description,
             sbatch=list(sbatch),
-            local_log=c.executor == "local",
+            local_log=get_executor(spec).script_writes_log,
             modules=list(c.modules),
             setup=list(c.setup),
             env=sorted(env.items()),

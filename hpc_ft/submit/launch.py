@@ -1,17 +1,14 @@
-"""Launch a run: prepare inputs, render the train (and eval) job scripts, submit, record.
+"""The one submit pipeline: check -> render -> write -> executor.submit -> record -> register.
 
-`hpc-ft train` and `hpc-ft demo` go through `launch_run`; `--dry-run` takes the same path and stops
-just before submitting.
+`launch_run` (train, demo), `launch_steps` (eval, convert, export), `hpc_ft.submit.control.resume_run`
+and every sweep (`hpc_ft.sweep.launch`, one array) end in `submit_and_record`. `--dry-run` takes the same
+path, writes nothing (unless `out` names a folder for the run folder) and stops before submitting.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
-import socket
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +16,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from hpc_ft.backends import backend_module
+from hpc_ft.backends import get_backend
 from hpc_ft.backends.launch import prologue, runtime_env_prefix
 from hpc_ft.errors import UserError
+from hpc_ft.executors import Executor, Submitted, get_executor
+from hpc_ft.executors import job_name as scheduler_job_name
 from hpc_ft.render import JobScript, Step, render_job_script
 from hpc_ft.render.render import sbatch_options
 from hpc_ft.submit import rundir as rd
+from hpc_ft.submit.record import RunRecord, register, submitter, write_record
 
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -89,19 +89,7 @@ def container_image_problem(spec: DictConfig, when_unset: str) -> Optional[str]:
 
 def check_inputs(spec: DictConfig, dry_run: bool, notes: List[str]) -> None:
     """Files the job needs that a real submit must not queue without."""
-    problems = []
-    if spec.backend.name == "nemo":
-        if not spec.model.restore_from_path or not os.path.isfile(spec.model.restore_from_path):
-            problems.append(
-                f"model.restore_from_path={spec.model.restore_from_path}: the base .nemo does not exist. "
-                "Convert it first: `hpc-ft model convert` (or point the key at your .nemo)."
-            )
-    elif spec.model.build != "tiny":
-        cfg = os.path.join(spec.model.hf_path or "", "config.json")
-        if not os.path.isfile(cfg):
-            problems.append(
-                f"model.hf_path={spec.model.hf_path}: no config.json there. Fetch it first: `hpc-ft model fetch`."
-            )
+    problems = list(get_backend(spec.backend.name).input_problems(spec))
     if spec.cluster.container_runtime != "none":
         problem = container_image_problem(
             spec, "container.image: not set but the cluster uses a container. Set container.image=<.sif>.")
@@ -122,19 +110,20 @@ class Launch:
     job_ids: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     local_job: Any = None       # the submitit LocalJob when run locally (to wait on it)
+    written: bool = True        # False: a dry run that wrote nothing (no --out)
 
 
 def job_name(spec: DictConfig, run_id: str, kind: str) -> str:
-    return f"hpcft.{spec.exp_manager.name}.{kind}.{run_id}"
+    return scheduler_job_name(spec.exp_manager.name, kind, run_id)
 
 
 def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool,
                    one_job: bool = False) -> Dict[str, JobScript]:
-    """The run's job scripts: "train" (and, on Slurm, "eval" with afterok on it).
+    """The run's job scripts: "train" (and, where the executor queues jobs, "eval" with afterok on it).
 
     `one_job`: train then eval in the one "train" script, as the local executor runs them (a sweep's
     array task is one job)."""
-    backend = backend_module(spec.backend.name)
+    backend = get_backend(spec.backend.name)
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
     log = str(run_dir / "logs" / "job.out")
@@ -144,12 +133,14 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     gpus = t.devices if c.gpu.request != "none" else 0
     common = dict(run_dir=str(run_dir), run_id=run_id, env=env, runtime_env_prefix=runtime_env_prefix(spec),
                   prologue=prologue(spec))
-    if c.executor == "local" or one_job:
-        # One local job runs train then eval: the local executor has no dependencies.
+    if not get_executor(spec).queues_jobs or one_job:
+        # One job runs train then eval: the local executor has no dependencies.
         sb = sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
                             gpus_per_node=gpus, comment=f"hpc-ft:{run_id}")
         return {"train": render_job_script(spec, steps=prepare_steps + train_steps + eval_steps, sbatch=sb,
                                            description="train" + (" + eval" if eval_steps else ""), **common)}
+    from hpc_ft.executors.slurm import AFTEROK_PLACEHOLDER
+
     scripts: Dict[str, JobScript] = {}
     if prepare_steps:  # its own job on one GPU; training waits on it (afterok)
         scripts["pack"] = render_job_script(
@@ -161,20 +152,20 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
         spec, steps=train_steps, description="train" + (" (after pack: afterok)" if prepare_steps else ""),
         sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
                               gpus_per_node=gpus, comment=f"hpc-ft:{run_id}",
-                              dependency="afterok:{pack_job_id}" if prepare_steps else None),
+                              dependency=AFTEROK_PLACEHOLDER if prepare_steps else None),
         **common)
     if eval_steps:
         scripts["eval"] = render_job_script(
             spec, steps=eval_steps, description="eval (after train: afterok)",
             sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "eval"), output=log, nodes=1,
-                                  gpus_per_node=gpus, dependency="afterok:{train_job_id}",
+                                  gpus_per_node=gpus, dependency=AFTEROK_PLACEHOLDER,
                                   comment=f"hpc-ft:{run_id}"),
             **common)
     return scripts
 
 
 @contextmanager
-def _writable(key: str, value: str) -> Iterator[None]:
+def writable(key: str, value: str) -> Iterator[None]:
     """A folder that cannot be created or written (a file in the way, no permission) -> UserError naming `key`."""
     try:
         yield
@@ -186,99 +177,115 @@ def _writable(key: str, value: str) -> Iterator[None]:
         ) from None
 
 
-def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = False, with_eval: bool = False,
-               registry=None) -> Launch:
-    from hpc_ft.submit import executors
+# ---- the one submit-and-record function ------------------------------------------------------------
 
+
+@dataclass
+class Submission:
+    """What to hand to an executor and how to record it."""
+
+    executor: Executor
+    scripts: Dict[str, Path]          # kind -> script, in order; each waits on the one before (afterok)
+    records: List[RunRecord]          # the runs recorded: one, or one per array task
+    folder: Path                      # submitit's folder (<run_dir>/logs/submitit)
+    timeout_min: float
+    signal_delay_s: int
+    array_size: Optional[int] = None  # one array job of this many tasks (a sweep)
+    new_runs: bool = True             # registry rows to add (else: to update)
+
+
+def submit_and_record(sub: Submission, registry=None) -> Dict[str, Submitted]:
+    """Submit the scripts (train, then eval afterok on it), write the job ids into every record's run.json,
+    then register the runs. Nothing stays queued when a later script is refused."""
+    ex = sub.executor
+    ex.check(next(iter(sub.scripts.values())))
+    done: Dict[str, Submitted] = {}
+    try:
+        for kind, path in sub.scripts.items():
+            if sub.array_size:
+                done[kind] = ex.submit_array(path, sub.folder, sub.array_size, timeout_min=sub.timeout_min,
+                                             signal_delay_s=sub.signal_delay_s)
+            else:
+                # each job waits (afterok) on the one before it: pack -> train -> eval
+                after = list(done.values())[-1].job_id if done else None
+                done[kind] = ex.submit(path, sub.folder, timeout_min=sub.timeout_min,
+                                       signal_delay_s=sub.signal_delay_s, after=after)
+    except UserError:
+        ex.take_back([s.job_id for s in done.values()])  # train queued, eval refused: take it back
+        raise
+    for i, rec in enumerate(sub.records):
+        if sub.array_size:
+            rec.set_jobs({"train": done["train"].task_ids[i]})
+        else:
+            rec.set_jobs({**rec.jobs, **{k: s.job_id for k, s in done.items()}})
+        write_record(rec)
+    register(registry, sub.records, new=sub.new_runs)
+    return done
+
+
+def submission_for(spec: DictConfig, scripts: Dict[str, Path], records: List[RunRecord], folder: Path, *,
+                   array_size: Optional[int] = None, new_runs: bool = True) -> Submission:
+    return Submission(executor=get_executor(spec), scripts=scripts, records=records, folder=folder,
+                      timeout_min=timeout_minutes(spec.cluster.time),
+                      signal_delay_s=int(spec.cluster.signal_before_timeout_s), array_size=array_size,
+                      new_runs=new_runs)
+
+
+def new_record(spec: DictConfig, run_id: str, run_dir: Path, *, dry_run: bool, **fields: Any) -> RunRecord:
+    """The record of a run made from `spec` (the fields every run has; `fields`: the rest)."""
+    c = spec.cluster
+    return RunRecord(run_id=run_id, name=spec.exp_manager.name, run_dir=str(run_dir), backend=spec.backend.name,
+                     cluster=c.name, executor=c.executor, dry_run=dry_run, **fields)
+
+
+def run_dir_for(spec: DictConfig, run_id: str, dry_run: bool, out: Optional[str]) -> Path:
+    """Where the run folder goes: under exp_dir; a dry run's under `out` (and nowhere without it)."""
+    if dry_run and out:
+        return Path(out).absolute() / spec.exp_manager.name / run_id
+    return Path(spec.exp_manager.exp_dir) / spec.exp_manager.name / run_id
+
+
+def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = False, with_eval: bool = False,
+               registry=None, out: Optional[str] = None) -> Launch:
     notes: List[str] = []
     check_inputs(spec, dry_run, notes)
-    with _writable("data.dir", spec.data.dir):
+    with writable("data.dir", spec.data.dir):
         checksums = ensure_data(spec, dry_run, notes)
     run_id = rd.new_run_id()
-    with _writable("exp_manager.exp_dir", spec.exp_manager.exp_dir):
-        run_dir = rd.make_run_dir(spec, run_id)
-    rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
+    run_dir = run_dir_for(spec, run_id, dry_run, out)
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
-    rd.write_text(run_dir / "job.sbatch", scripts["train"].text, 0o755)
-    record: Dict[str, Any] = {
-        "run_id": run_id,
-        "name": spec.exp_manager.name,
-        "run_dir": str(run_dir),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "hpc_ft_version": rd.code_version(),
-        "overrides": list(overrides),
-        "backend": spec.backend.name,
-        "cluster": spec.cluster.name,
-        "executor": spec.cluster.executor,
-        "config_hash": rd.config_hash(spec),
-        "jobs": {},
-        "job_ids": [],
-        "eval": bool(with_eval),
-        "container": {"runtime": spec.cluster.container_runtime, "image": spec.container.image,
-                      "digest": _image_digest(spec, dry_run)},
-        "data": {"files": checksums},
-        "submitted_by": {"user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable},
-        "dry_run": dry_run,
-        "requeues": 0,
-        # which registry owns this run: `hpc-ft runs --reconcile` adopts only orphans
-        "registry": str(registry.path) if registry is not None else None,
-    }
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes)
-    if "eval" in scripts:
-        rd.write_text(run_dir / "eval.sbatch", scripts["eval"].text, 0o755)
-    if "pack" in scripts:
-        rd.write_text(run_dir / "pack.sbatch", scripts["pack"].text, 0o755)
-    rd.write_run_json(run_dir, record)
+    record = new_record(
+        spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
+        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data={"files": checksums},
+        container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
+                   "digest": image_digest(spec, dry_run)},
+        registry=str(registry.path) if registry is not None else None)
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out))
+    if dry_run and not out:
+        return launch  # a dry run leaves nothing behind
+    with writable("exp_manager.exp_dir", str(run_dir.parent)):
+        rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
+    rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
+    paths: Dict[str, Path] = {}
+    for kind, script in scripts.items():
+        paths[kind] = run_dir / ("job.sbatch" if kind == "train" else f"{kind}.sbatch")
+        rd.write_text(paths[kind], script.text, 0o755)
+    write_record(record)
     if dry_run:
         return launch
-
     try:
-        _submit(spec, launch, scripts, record, run_dir)
+        done = submit_and_record(submission_for(spec, paths, [record], run_dir / "logs" / "submitit"), registry)
     except UserError:
         import shutil
-        import subprocess
 
-        if launch.job_ids and spec.cluster.executor == "slurm":  # train queued, eval refused: take it back
-            subprocess.run(["scancel", *launch.job_ids.values()], capture_output=True)
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing stays queued: leave nothing behind
         raise
-    if registry is not None:
-        registry.add_run(run_id=run_id, name=spec.exp_manager.name, config_hash=record["config_hash"],
-                         run_dir=str(run_dir), backend=spec.backend.name, cluster=spec.cluster.name,
-                         executor=spec.cluster.executor, job_ids=record["job_ids"])
+    launch.job_ids = dict(record.jobs)
+    launch.local_job = done["train"].handle if not get_executor(spec).queues_jobs else None
     return launch
 
 
-def _submit(spec: DictConfig, launch: Launch, scripts: Dict[str, JobScript], record: Dict[str, Any],
-            run_dir: Path) -> None:
-    from hpc_ft.submit import executors
-
-    folder = run_dir / "logs" / "submitit"
-    if spec.cluster.executor == "slurm":
-        train_text = scripts["train"].text
-        if "pack" in scripts:  # the packing job first; training waits on it (afterok)
-            executors.test_only(run_dir / "pack.sbatch")
-            launch.job_ids["pack"] = executors.submit_slurm(scripts["pack"].text, folder).job_id
-            train_text = train_text.replace("afterok:{pack_job_id}", f"afterok:{launch.job_ids['pack']}")
-            rd.write_text(run_dir / "job.sbatch", train_text, 0o755)
-        executors.test_only(run_dir / "job.sbatch")
-        sub = executors.submit_slurm(train_text, folder)
-        launch.job_ids["train"] = sub.job_id
-        if "eval" in scripts:
-            text = scripts["eval"].text.replace("afterok:{train_job_id}", f"afterok:{sub.job_id}")
-            rd.write_text(run_dir / "eval.sbatch", text, 0o755)
-            launch.job_ids["eval"] = executors.submit_slurm(text, folder).job_id
-    else:
-        sub, job = executors.submit_local(run_dir / "job.sbatch", folder, timeout_minutes(spec.cluster.time),
-                                          int(spec.cluster.signal_before_timeout_s))
-        launch.job_ids["train"] = sub.job_id
-        launch.local_job = job
-    record["jobs"] = launch.job_ids
-    record["job_ids"] = list(launch.job_ids.values())
-    rd.write_run_json(run_dir, record)
-
-
-def _image_digest(spec: DictConfig, dry_run: bool) -> Optional[str]:
+def image_digest(spec: DictConfig, dry_run: bool) -> Optional[str]:
     if spec.container.digest:
         return spec.container.digest
     image = spec.container.image
@@ -289,20 +296,23 @@ def _image_digest(spec: DictConfig, dry_run: bool) -> Optional[str]:
     return record_digest(image)
 
 
-def launch_eval(spec: DictConfig, row: Optional[Dict[str, Any]], *, dry_run: bool = False, registry=None) -> Launch:
+def launch_eval(spec: DictConfig, row: Optional[Dict[str, Any]], *, dry_run: bool = False, registry=None,
+                out: Optional[str] = None) -> Launch:
     """The eval job alone: in a training run's directory (row given) or in a new run directory."""
-    steps = lambda run_dir: backend_module(spec.backend.name).eval_steps(spec, str(run_dir))  # noqa: E731
-    return launch_steps(spec, "eval", steps, row, dry_run=dry_run, registry=registry)
+    steps = lambda run_dir: get_backend(spec.backend.name).eval_steps(spec, str(run_dir))  # noqa: E731
+    return launch_steps(spec, "eval", steps, row, dry_run=dry_run, registry=registry, out=out,
+                        write_dry_run=bool(out) and row is None)
 
 
 def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str, Any]] = None, *,
-                 dry_run: bool = False, registry=None, gpus: Optional[int] = None) -> Launch:
+                 dry_run: bool = False, registry=None, gpus: Optional[int] = None,
+                 out: Optional[str] = None, write_dry_run: bool = True) -> Launch:
     """One job of `kind` (eval, convert, ...) whose steps `make_steps(run_dir)` returns.
 
     With `row` the job joins that run's directory (and its registry row); otherwise it gets a new run.
+    `write_dry_run`: a dry run still writes its files (`hpc-ft model convert/export --dry-run`); the eval
+    job's dry run writes nothing unless `out` names a folder for its new run folder.
     """
-    from hpc_ft.submit import executors
-
     notes: List[str] = []
     if row is not None:
         run_dir, run_id = Path(row["run_dir"]), row["run_id"]
@@ -310,14 +320,8 @@ def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str
         if kind == "eval":
             check_inputs(spec, True, notes)
         run_id = rd.new_run_id()
-        run_dir = rd.make_run_dir(spec, run_id)
-        rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
-        rd.write_run_json(run_dir, {"run_id": run_id, "name": spec.exp_manager.name, "run_dir": str(run_dir),
-                                    "kind": kind, "backend": spec.backend.name, "cluster": spec.cluster.name,
-                                    "executor": spec.cluster.executor, "jobs": {}, "job_ids": [],
-                                    "config_hash": rd.config_hash(spec), "dry_run": dry_run,
-                                    "hpc_ft_version": rd.code_version()})
-    backend = backend_module(spec.backend.name)
+        run_dir = run_dir_for(spec, run_id, dry_run, out)
+    backend = get_backend(spec.backend.name)
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
     if gpus is None:
@@ -327,27 +331,24 @@ def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str
         steps=make_steps(run_dir), description=kind,
         sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, kind), output=str(run_dir / "logs" / "job.out"),
                               nodes=1, gpus_per_node=gpus, comment=f"hpc-ft:{run_id}"))
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts={kind: script}, notes=notes,
+                    written=not dry_run or write_dry_run)
+    if not launch.written:
+        return launch  # a dry run leaves nothing behind
+    if row is None:
+        rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
+        rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
+        record = new_record(spec, run_id, run_dir, dry_run=dry_run, kind=kind, config_hash=rd.config_hash(spec))
+        write_record(record)
+    else:
+        record = RunRecord.read(run_dir)
     path = run_dir / f"{kind}.sbatch"
     rd.write_text(path, script.text, 0o755)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts={kind: script}, notes=notes)
     if dry_run:
         return launch
-    folder = run_dir / "logs" / "submitit"
-    if c.executor == "slurm":
-        executors.test_only(path)
-        launch.job_ids[kind] = executors.submit_slurm(script.text, folder).job_id
-    else:
-        sub, job = executors.submit_local(path, folder, timeout_minutes(c.time), int(c.signal_before_timeout_s))
-        launch.job_ids[kind], launch.local_job = sub.job_id, job
-    rec = rd.read_run_json(run_dir)
-    rec.setdefault("jobs", {}).update(launch.job_ids)
-    rec["job_ids"] = list(rec["jobs"].values())
-    rd.write_run_json(run_dir, rec)
-    if registry is not None:
-        if row is not None and registry.get(run_id):
-            registry.update_run(run_id, job_ids=rec["job_ids"], state="PENDING")
-        else:
-            registry.add_run(run_id=run_id, name=spec.exp_manager.name, config_hash=rec.get("config_hash", ""),
-                             run_dir=str(run_dir), backend=spec.backend.name, cluster=c.name, executor=c.executor,
-                             job_ids=rec["job_ids"])
+    done = submit_and_record(submission_for(spec, {kind: path}, [record], run_dir / "logs" / "submitit",
+                                            new_runs=row is None or registry is None or registry.get(run_id) is None),
+                             registry)
+    launch.job_ids = {kind: done[kind].job_id}
+    launch.local_job = done[kind].handle if not get_executor(spec).queues_jobs else None
     return launch

@@ -13,6 +13,8 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 RUN_JSON = "run.json"
+SWEEP_JSON = "sweep.json"    # a sweep folder: the sweep (id, array job id, executor, counts)
+POINTS_JSON = "points.json"  # a sweep folder: every point with the planner's verdict
 
 
 RUN_ID_RANDOM_BYTES = 5
@@ -34,8 +36,13 @@ def config_yaml(spec: DictConfig) -> str:
     return OmegaConf.to_yaml(spec, resolve=True)
 
 
+def text_hash(yaml_text: str) -> str:
+    """The config hash: the first 16 hex digits of the config.yaml text's sha256."""
+    return hashlib.sha256(yaml_text.encode()).hexdigest()[:16]
+
+
 def config_hash(spec: DictConfig) -> str:
-    return hashlib.sha256(config_yaml(spec).encode()).hexdigest()[:16]
+    return text_hash(config_yaml(spec))
 
 
 def make_run_dir(spec: DictConfig, run_id: str, parent: Optional[str] = None) -> Path:
@@ -53,8 +60,22 @@ def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+def write_new(path: Path, text: str, mode: int = 0o644) -> None:
+    """A file of a run directory made just now (nothing reads it yet): written in place, mode set exactly."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def json_text(record: Dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def write_run_json(run_dir: Path, record: Dict[str, Any]) -> None:
-    write_text(run_dir / RUN_JSON, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(run_dir / RUN_JSON, json_text(record))
 
 
 def read_run_json(run_dir: Path) -> Dict[str, Any]:

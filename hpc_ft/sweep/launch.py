@@ -16,21 +16,16 @@ On `cluster=local` the dispatcher runs the kept points one after another in one 
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpc_ft.errors import UserError
-from hpc_ft.sweep.compose import Point, SpecView, compose_points, with_values
+from hpc_ft.compose.points import Point, SpecView, compose_points, with_values
 
-POINTS_JSON = "points.json"
-SWEEP_JSON = "sweep.json"
+from hpc_ft.submit.rundir import POINTS_JSON, SWEEP_JSON  # noqa: E402,F401 - where the sweep's files are named
 ARRAY_SCRIPT = "array.sbatch"
 ARRAY_TEMPLATE = "array.sbatch.j2"
 OOM_MARKER = "cancelled_oom"  # <sweep_dir>/<task>/state/cancelled_oom: the task that ran out of GPU memory
@@ -257,7 +252,7 @@ class _Inputs:
         self._digest: Dict[Tuple, Optional[str]] = {}
 
     def check(self, spec: SpecView) -> None:
-        from hpc_ft.submit.launch import _writable, check_inputs, ensure_data
+        from hpc_ft.submit.launch import check_inputs, ensure_data, writable
 
         m, c = spec.model, spec.cluster
         key = (spec.backend.name, m.restore_from_path, m.hf_path, m.build, c.container_runtime, spec.container.image)
@@ -270,7 +265,7 @@ class _Inputs:
         dkey = (d.dir, d.train_file, d.validation_file, d.test_file, d.source)
         if dkey not in self._data:
             before = len(self.notes)
-            with _writable("data.dir", d.dir):
+            with writable("data.dir", d.dir):
                 self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
             self._dedupe(before)
 
@@ -279,11 +274,11 @@ class _Inputs:
         return self._data[(d.dir, d.train_file, d.validation_file, d.test_file, d.source)]
 
     def digest(self, spec: SpecView) -> Optional[str]:
-        from hpc_ft.submit.launch import _image_digest
+        from hpc_ft.submit.launch import image_digest
 
         key = (spec.container.digest, spec.container.image, spec.cluster.container_runtime)
         if key not in self._digest:
-            self._digest[key] = _image_digest(spec, self.dry_run)
+            self._digest[key] = image_digest(spec, self.dry_run)
         return self._digest[key]
 
     def _dedupe(self, before: int) -> None:
@@ -293,18 +288,21 @@ class _Inputs:
 
 
 def _point_spec(pp: PlannedPoint, run_dir: Path) -> SpecView:
+    from hpc_ft.backends import get_backend
+
     spec = pp.point.spec
-    if spec.backend.name == "nemo":
-        # NeMo resumes from <exp_dir>/<name> (resume_if_exists): each point gets its own, in its run directory
-        spec = with_values(spec, [("exp_manager.exp_dir", str(run_dir / "nemo"))])
-    return spec
+    own = get_backend(spec.backend.name).point_values(spec, run_dir)  # e.g. NeMo: its own exp_dir per point
+    return with_values(spec, own) if own else spec
 
 
 def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool = False,
-                 registry=None) -> SweepLaunch:
-    """Compose, plan, render (always) and submit (unless dry_run) the sweep; register it and its points."""
+                 registry=None, out: Optional[str] = None) -> SweepLaunch:
+    """Compose, plan, render (always) and submit (unless dry_run) the sweep as one array through the submit
+    pipeline; register it and its points. A dry run writes nothing unless `out` names a folder for it."""
+    from hpc_ft.executors import get_executor
     from hpc_ft.submit import rundir as rd
-    from hpc_ft.submit.launch import _writable, render_scripts, timeout_minutes
+    from hpc_ft.submit.launch import new_record, render_scripts, submission_for, submit_and_record, writable
+    from hpc_ft.submit.record import submitter, write_record
 
     points = plan_points(compose_points(overrides), force=force)
     kept = [p for p in points if p.kept]
@@ -317,7 +315,7 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
     if len(executors_seen) > 1:
         raise UserError("cluster.executor: the sweep's points run on both Slurm and the local executor "
                         f"({', '.join(sorted(executors_seen))}); sweep one cluster at a time.")
-    executor = first.cluster.executor
+    executor = get_executor(first)
     parallelism = int(first.sweep.parallelism)
     throughput = first.sweep.steps is not None
     if any(p.point.spec.eval for p in kept) and throughput:
@@ -326,10 +324,11 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
     inputs = _Inputs(dry_run, notes)
     for p in kept:
         inputs.check(p.point.spec)
-    _tiny_model_note(kept, executor, parallelism, notes)
+    _tiny_model_note(kept, executor.queues_jobs, parallelism, notes)
 
     exp_dir, name = first.exp_manager.exp_dir, first.exp_manager.name
-    sweep_dir = Path(exp_dir) / name / f"sweep-{sweep_id}"
+    base = str(Path(out).absolute()) if (dry_run and out) else exp_dir
+    sweep_dir = Path(base) / name / f"sweep-{sweep_id}"
     rendered = []
     resources: Optional[List[str]] = None
     for task, pp in enumerate(kept):  # everything rendered and checked before anything is written
@@ -350,93 +349,55 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
             )
         rendered.append((pp, spec, script, with_eval))
 
-    with _writable("exp_manager.exp_dir", exp_dir):
+    array_text = render_array(first, sweep_id=sweep_id, sweep_dir=sweep_dir, kept=kept, parallelism=parallelism)
+    launch = SweepLaunch(sweep_id=sweep_id, sweep_dir=sweep_dir, points=points, array_text=array_text,
+                         executor=executor.name, parallelism=parallelism, notes=notes, dry_run=dry_run)
+    if dry_run and not out:
+        return launch  # a dry run leaves nothing behind
+
+    with writable("exp_manager.exp_dir", base):
         sweep_dir.mkdir(parents=True, exist_ok=False)
         (sweep_dir / "logs").mkdir()
-    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    version = rd.code_version()
-    who = {"user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable}
-    records: Dict[int, Dict[str, Any]] = {}
+    who = submitter()
+    records = []
     to_yaml = ConfigYaml()
     for pp, spec, script, with_eval in rendered:
-        task = pp.task
-        run_dir = rd.make_run_dir(spec, str(task), parent=str(sweep_dir))
+        run_dir = rd.make_run_dir(spec, str(pp.task), parent=str(sweep_dir))
         text = to_yaml(spec)
-        _write_new(run_dir / "config.yaml", text)
-        _write_new(run_dir / "job.sbatch", script.text, 0o755)
-        record = {
-            "run_id": pp.run_id, "name": spec.exp_manager.name, "run_dir": str(run_dir), "created": created,
-            "hpc_ft_version": version, "overrides": list(pp.point.overrides), "backend": spec.backend.name,
-            "cluster": spec.cluster.name, "executor": executor, "config_hash": _config_hash(text),
-            "jobs": {}, "job_ids": [], "eval": with_eval,
-            "container": {"runtime": spec.cluster.container_runtime, "image": spec.container.image,
-                          "digest": inputs.digest(spec)},
-            "data": {"files": inputs.checksums(spec)}, "submitted_by": who, "dry_run": dry_run, "requeues": 0,
-            "sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "point": pp.point.index, "task": task,
-        }
-        records[task] = record
-        _write_new(run_dir / rd.RUN_JSON, json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        rd.write_new(run_dir / "config.yaml", text)
+        rd.write_new(run_dir / "job.sbatch", script.text, 0o755)
+        record = new_record(
+            spec, pp.run_id, run_dir, dry_run=dry_run, overrides=list(pp.point.overrides),
+            config_hash=rd.text_hash(text), eval=with_eval, requeues=0, submitted_by=who,
+            container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
+                       "digest": inputs.digest(spec)},
+            data={"files": inputs.checksums(spec)}, sweep_id=sweep_id, sweep_dir=str(sweep_dir),
+            point=pp.point.index, task=pp.task)
+        record.executor = executor.name
+        records.append(record)
+        write_record(record, new=True)
 
-    array_text = render_array(first, sweep_id=sweep_id, sweep_dir=sweep_dir, kept=kept, parallelism=parallelism)
     array_path = sweep_dir / ARRAY_SCRIPT
     rd.write_text(array_path, array_text, 0o755)
-    launch = SweepLaunch(sweep_id=sweep_id, sweep_dir=sweep_dir, points=points, array_text=array_text,
-                         executor=executor, parallelism=parallelism, notes=notes, dry_run=dry_run)
-    meta = {"sweep_id": sweep_id, "name": name, "sweep_dir": str(sweep_dir), "created": created,
-            "overrides": list(overrides), "executor": executor, "cluster": first.cluster.name,
+    meta = {"sweep_id": sweep_id, "name": name, "sweep_dir": str(sweep_dir), "created": records[0].created,
+            "overrides": list(overrides), "executor": executor.name, "cluster": first.cluster.name,
             "backend": first.backend.name, "points": len(points), "tasks": len(kept),
             "pruned": len(points) - len(kept), "parallelism": parallelism, "steps": first.sweep.steps,
-            "array_job_id": None, "dry_run": dry_run, "hpc_ft_version": version}
+            "array_job_id": None, "dry_run": dry_run, "hpc_ft_version": records[0].hpc_ft_version}
     _write_json(sweep_dir / POINTS_JSON, [p.record() for p in points])
     _write_json(sweep_dir / SWEEP_JSON, meta)
     if dry_run:
         return launch
 
-    from hpc_ft.submit import executors
-
-    folder = sweep_dir / "logs" / "submitit"
-    if executor == "slurm":
-        executors.test_only(array_path)
-        sub = executors.submit_slurm(array_text, folder, array_size=len(kept))
-        job_ids = {p.task: f"{sub.job_id}_{p.task}" for p in kept}
-        launch.array_job_id = sub.job_id
-    else:
-        minutes = timeout_minutes(first.cluster.time) * len(kept)
-        sub, job = executors.submit_local(array_path, folder, minutes, int(first.cluster.signal_before_timeout_s))
-        job_ids = {p.task: sub.job_id for p in kept}
-        launch.array_job_id, launch.local_job = sub.job_id, job
-    for p in kept:
-        rec = records[p.task]
-        rec["jobs"], rec["job_ids"] = {"train": job_ids[p.task]}, [job_ids[p.task]]
-        rd.write_run_json(Path(p.run_dir), rec)
+    done = submit_and_record(submission_for(first, {"train": array_path}, records, sweep_dir / "logs" / "submitit",
+                                            array_size=len(kept)), registry)
+    launch.array_job_id, launch.local_job = done["train"].job_id, done["train"].handle
     meta["array_job_id"] = launch.array_job_id
     _write_json(sweep_dir / SWEEP_JSON, meta)
     if registry is not None:
         registry.add_sweep(sweep_id=sweep_id, name=name, sweep_dir=str(sweep_dir), job_id=launch.array_job_id,
                            points=len(points))
-        registry.add_runs([{
-            "run_id": p.run_id, "name": records[p.task]["name"], "config_hash": records[p.task]["config_hash"],
-            "run_dir": p.run_dir, "backend": records[p.task]["backend"], "cluster": records[p.task]["cluster"],
-            "executor": executor, "job_ids": [job_ids[p.task]], "sweep_id": sweep_id, "point": p.point.index,
-        } for p in kept])
     return launch
-
-
-def _write_new(path: Path, text: str, mode: int = 0o644) -> None:
-    """A file of a run directory made just now (nothing reads it yet): written in place, mode set exactly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def _config_hash(yaml_text: str) -> str:
-    """As `hpc_ft.submit.rundir.config_hash`: the first 16 hex digits of the config.yaml text's sha256."""
-    import hashlib
-
-    return hashlib.sha256(yaml_text.encode()).hexdigest()[:16]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -445,11 +406,11 @@ def _write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _tiny_model_note(kept: Sequence[PlannedPoint], executor: str, parallelism: int, notes: List[str]) -> None:
+def _tiny_model_note(kept: Sequence[PlannedPoint], queued: bool, parallelism: int, notes: List[str]) -> None:
     for p in kept:
         m = p.point.spec.model
         if m.build == "tiny" and not os.path.isfile(os.path.join(m.hf_path, "config.json")):
-            if executor == "slurm" and parallelism > 1 and len(kept) > 1:
+            if queued and parallelism > 1 and len(kept) > 1:
                 notes.append(
                     f"model.hf_path={m.hf_path}: the tiny model is not built yet, so the first {parallelism} tasks "
                     "would each build it. Build it once first: `python -m hpc_ft.backends.hf_runtime.tiny_model "
@@ -485,50 +446,3 @@ def format_points(points: Sequence[PlannedPoint]) -> str:
         lines.append(f"{p.point.index:>5} {task:>4} {cells[0]:>3} {cells[1]:>3} {cells[2]:>4} {cells[3]:>5} "
                      f"{_fmt_lr(r['lr']):>8}  {verdict}")
     return "\n".join(lines)
-
-
-def cmd_sweep_train(args) -> int:
-    """`hpc-ft train -m ...`: returns as soon as the array is queued, printing the sweep id."""
-    from hpc_ft.commands.common import registry
-
-    launch = launch_sweep(args.overrides, dry_run=args.dry_run, force=args.force,
-                          registry=None if args.dry_run else registry())
-    for note in launch.notes:
-        print(f"hpc-ft: warning: {note}", file=sys.stderr)
-    records = [p.record() for p in launch.points]
-    pruned = [p for p in launch.points if not p.kept]
-    if not launch.kept:
-        if args.json:
-            print(json.dumps(records, indent=2, ensure_ascii=False))
-        else:
-            print(format_points(launch.points), file=sys.stderr)
-        reasons = "; ".join(f"point {p.point.index}: {p.reason}" for p in pruned[:3])
-        raise UserError(f"no point of the sweep can run ({len(pruned)} pruned): {reasons}. "
-                        "`hpc-ft plan` with one point's overrides explains more; --force keeps planner-refused points.")
-    if args.dry_run:
-        if args.json:
-            print(json.dumps(records, indent=2, ensure_ascii=False))
-        else:
-            sys.stdout.write(launch.array_text)
-            print(format_points(launch.points), file=sys.stderr)
-        print(f"hpc-ft: dry run: rendered {launch.sweep_dir} ({len(launch.kept)} points, {len(pruned)} pruned; "
-              "nothing submitted)", file=sys.stderr)
-        return 0
-    if args.json:
-        print(json.dumps({"sweep_id": launch.sweep_id, "sweep_dir": str(launch.sweep_dir),
-                          "array_job_id": launch.array_job_id, "executor": launch.executor,
-                          "tasks": len(launch.kept), "pruned": len(pruned), "points": records}, indent=2,
-                         ensure_ascii=False))
-        return 0
-    where = (f"array job {launch.array_job_id} (at most {launch.parallelism} at once)" if launch.executor == "slurm"
-             else f"one local job (pid {launch.array_job_id}), the points one after another")
-    print(f"sweep {launch.sweep_id}: {len(launch.kept)} points submitted as {where}; "
-          f"{len(pruned)} pruned by the planner")
-    shown = 20
-    for p in pruned[:shown]:
-        print(f"  pruned point {p.point.index} ({label(p.point)}): {p.reason}")
-    if len(pruned) > shown:
-        print(f"  ... and {len(pruned) - shown} more pruned points (all of them: hpc-ft sweep status {launch.sweep_id})")
-    print(f"  sweep dir: {launch.sweep_dir}")
-    print(f"  status:    hpc-ft sweep status {launch.sweep_id}    best: hpc-ft sweep best {launch.sweep_id}")
-    return 0

@@ -13,7 +13,7 @@ _COLORS = {"COMPLETED": "tab:green", "RUNNING": "tab:blue", "PENDING": "lightgra
 
 def plot_sweep(sweep_row: Dict, output: str, registry=None) -> Path:
     from hpc_ft.sweep.status import sweep_status
-    from hpc_ft.track.plot import _pyplot
+    from hpc_ft.track.plot import pyplot
 
     st = sweep_status(sweep_row, registry)
     rows = st["points"]
@@ -23,7 +23,7 @@ def plot_sweep(sweep_row: Dict, output: str, registry=None) -> Path:
     if not use_tokens and not any(r.get("step_time_s") for r in rows):
         raise UserError(f"sweep {st['sweep_id']}: no point has reported its throughput yet. "
                         f"Try again once training has started (`hpc-ft sweep status {st['sweep_id']}`).")
-    plt = _pyplot()
+    plt = pyplot()
     values = []
     for r in rows:
         if use_tokens:

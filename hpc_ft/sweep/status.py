@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from hpc_ft.errors import UserError
+from hpc_ft.executors.slurm import LEFT_QUEUE
+from hpc_ft.submit.rundir import POINTS_JSON, SWEEP_JSON
 
 PRUNED = "PRUNED"
 CANCELLED_OOM = "CANCELLED_OOM"
-LEFT_QUEUE = "left the queue without running"
 SUCCESS = "COMPLETED"
-_TASK_RANGE = re.compile(r"^(\d+)(?:-(\d+))?(?::\d+)?$")
 
 
 # ---- finding the sweep ----------------------------------------------------------------------------
@@ -29,8 +28,6 @@ _TASK_RANGE = re.compile(r"^(\d+)(?:-(\d+))?(?::\d+)?$")
 
 def resolve_sweep(registry, ref: Optional[str]) -> Dict[str, Any]:
     """The sweep named by an id prefix (default: the latest), or a sweep directory (holding sweep.json)."""
-    from hpc_ft.sweep.launch import SWEEP_JSON
-
     if ref and os.path.isfile(os.path.join(ref, SWEEP_JSON)):
         meta = json.loads(Path(ref, SWEEP_JSON).read_text(encoding="utf-8"))
         found = registry.get_sweep(meta.get("sweep_id", "")) if meta.get("sweep_id") else None
@@ -55,90 +52,14 @@ def _read_json(path: Path, what: str) -> Any:
         raise UserError(f"{path}: not valid JSON ({exc}).") from None
 
 
-# ---- the scheduler's view, in one call ------------------------------------------------------------
-
-
-def _expand_tasks(spec: str) -> List[int]:
-    """'3' -> [3]; '[1-3,7%2]' -> [1, 2, 3, 7] (Slurm's notation for array tasks still pending together)."""
-    spec = spec.strip("[]").split("%")[0]
-    tasks: List[int] = []
-    for part in spec.split(","):
-        m = _TASK_RANGE.match(part.strip())
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-            tasks.extend(range(lo, hi + 1))
-    return tasks
-
-
-def _by_task(rows: Dict[str, Dict[str, str]], array_job_id: str) -> Tuple[Dict[int, Dict[str, str]], Optional[Dict[str, str]]]:
-    """Scheduler rows keyed by task; the bare array record (tasks still pending as one, or cancelled as one)."""
-    out: Dict[int, Dict[str, str]] = {}
-    bare = None
-    prefix = f"{array_job_id}_"
-    for job_id, row in rows.items():
-        if job_id == array_job_id:
-            bare = row
-        elif job_id.startswith(prefix):
-            for task in _expand_tasks(job_id[len(prefix):]):
-                out[task] = row
-    return out, bare
-
-
-def array_states(array_job_id: str, tasks: List[int]) -> Dict[int, Dict[str, str]]:
-    """task -> Slurm's row for it, from ONE sacct call (plus one squeue call for tasks sacct does not know yet).
-
-    A pending array's tasks share one record (`<id>_[2-5%1]`); a task cancelled while pending leaves
-    accounting without a record of its own: it gets the state CANCELLED when the scheduler knows the array
-    but not the task."""
-    from hpc_ft.track import slurm as sl
-
-    by_task, bare = _by_task(sl.sacct([array_job_id]), array_job_id)
-    missing = [t for t in tasks if t not in by_task]
-    if missing:
-        queued, queued_bare = _by_task(sl.squeue([array_job_id]), array_job_id)
-        for t in missing:
-            if t in queued:
-                by_task[t] = queued[t]
-        bare = bare or queued_bare
-    known = bool(by_task) or bare is not None
-    for t in tasks:
-        if t not in by_task:
-            if bare is not None:
-                by_task[t] = bare
-            elif known:
-                by_task[t] = {"State": "CANCELLED", "ExitCode": "", "Reason": LEFT_QUEUE}
-            else:
-                by_task[t] = {"State": "", "ExitCode": ""}
-    return by_task
-
-
 # ---- one point --------------------------------------------------------------------------------------
 
 
 def peak_memory_mb(run_dir: Path, backend: str) -> Optional[float]:
-    """Peak memory the backend reported: hf, the `end` event's peak_rss_mb (host RSS, summed over ranks);
-    nemo reports none."""
-    if backend != "hf":
-        return None
-    path = run_dir / "events.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            tail = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in reversed(tail.splitlines()):
-        if '"end"' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("kind") == "end" and isinstance(event.get("peak_rss_mb"), (int, float)):
-            return float(event["peak_rss_mb"])
-    return None
+    """Peak memory the backend reported (hf: host RSS summed over ranks; nemo reports none)."""
+    from hpc_ft.backends import get_backend
+
+    return get_backend(backend).peak_memory_mb(run_dir)
 
 
 def _oom_cause(point: Dict[str, Any], oom_task: str, by_task: Dict[int, Dict[str, Any]]) -> str:
@@ -151,10 +72,9 @@ def _oom_cause(point: Dict[str, Any], oom_task: str, by_task: Dict[int, Dict[str
 
 def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict[str, str],
                by_task: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+    from hpc_ft.executors.local import local_state
     from hpc_ft.sweep.launch import OOM_MARKER
-    from hpc_ft.track import slurm as sl
-    from hpc_ft.track.run_state import state_from_run_dir
-    from hpc_ft.track.status import CAUSE_STATE, _nemo_kwargs
+    from hpc_ft.track.status import SchedulerSnapshot, run_status
 
     row: Dict[str, Any] = {k: point.get(k) for k in ("index", "task", "run_id", "run_dir", "overrides", "swept",
                                                       "tp", "pp", "mbs", "gbs", "lr")}
@@ -178,19 +98,16 @@ def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict
     if sched.get("Reason") == LEFT_QUEUE and (run_dir / "state" / "started").exists():
         # no record in sacct/squeue at the moment of asking (accounting lags a task that just ran):
         # the task's own state files say what happened
-        sched = dict(sl.local_state(run_dir, None))
+        sched = dict(local_state(run_dir, None))
         if sched["State"] == "FAILED" and not (run_dir / "state" / "exit_code").exists():
             sched = {"State": "RUNNING", "ExitCode": ""}
     backend = rec.get("backend") or (run or {}).get("backend") or "hf"
-    restarts = sched.get("Restarts")
-    rs = state_from_run_dir(run_dir, backend, slurm_state=sched.get("State") or None, exit_code=sl.exit_code(sched),
-                            run_id=point.get("run_id"),
-                            requeues=int(restarts) if restarts and restarts.isdigit() else None,
-                            **_nemo_kwargs(rec, run_dir))
-    st = rs.to_dict()
+    # the point is read like any run (track/status), with the scheduler's row fetched for the whole array
+    job = str(row["job_id"] or "")
+    st = run_status({"run_id": point.get("run_id"), "run_dir": str(run_dir), "backend": backend,
+                     "executor": rec.get("executor"), "job_ids": [job], "unregistered": True},
+                    snap=SchedulerSnapshot(jobs={job: {**sched, "State": sched.get("State") or "UNKNOWN"}}, nodes={}))
     state = st.get("state")
-    if not state or state == "UNKNOWN":
-        state = CAUSE_STATE.get(st.get("end_cause"), state or "UNKNOWN")
     row.update(state=state, step=st.get("step"), max_steps=st.get("max_steps"), step_time_s=st.get("step_time_s"),
                tokens_per_s=st.get("tokens_per_s"), peak_mem_mb=peak_memory_mb(run_dir, backend),
                end_cause=st.get("end_cause"), train_loss=st.get("train_loss"), best_val_loss=st.get("best_val_loss"),
@@ -207,8 +124,7 @@ def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict
 
 def sweep_status(sweep: Dict[str, Any], registry=None) -> Dict[str, Any]:
     """The status object `hpc-ft sweep status --json` prints (and the registry rows brought up to date)."""
-    from hpc_ft.sweep.launch import POINTS_JSON, SWEEP_JSON
-    from hpc_ft.track import slurm as sl
+    from hpc_ft.executors import executor_named
 
     sweep_dir = Path(sweep["sweep_dir"])
     meta = _read_json(sweep_dir / SWEEP_JSON, "sweep.json")
@@ -218,10 +134,9 @@ def sweep_status(sweep: Dict[str, Any], registry=None) -> Dict[str, Any]:
     by_task = {p["task"]: p for p in kept}
     array_job = meta.get("array_job_id") or sweep.get("job_id")
     sched: Dict[int, Dict[str, str]] = {}
-    if array_job and meta.get("executor") == "slurm":
-        sched = array_states(str(array_job), [p["task"] for p in kept])
-    elif array_job:
-        sched = {p["task"]: sl.local_state(Path(p["run_dir"]), str(array_job)) for p in kept}
+    if array_job:
+        sched = executor_named(str(meta.get("executor") or "slurm")).array_states(
+            str(array_job), {p["task"]: Path(p["run_dir"]) for p in kept})
     rows = [_point_row(p, runs.get(p.get("run_id")), sched.get(p.get("task"), {}), by_task) for p in points]
     if registry is not None:
         _record(registry, rows, runs)
@@ -275,7 +190,10 @@ def _num(v: Optional[float], fmt: str) -> str:
 
 def format_sweep_status(st: Dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in st["counts"].items())
-    where = f"array job {st['array_job_id']}" if st.get("executor") == "slurm" else f"local job {st['array_job_id']}"
+    from hpc_ft.executors import executor_named
+
+    queued = executor_named(str(st.get("executor") or "slurm")).queues_jobs
+    where = f"{'array' if queued else 'local'} job {st['array_job_id']}"
     lines = [f"sweep {st['sweep_id']}  ({st.get('name')}, {st.get('backend')} on {st.get('cluster')}, {where})",
              f"points   {st['total']} ({counts})",
              f"{'POINT':>5} {'TASK':>4} {'TP':>3} {'PP':>3} {'MBS':>4} {'GBS':>5} {'LR':>8}  {'STATE':13} "

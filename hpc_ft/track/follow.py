@@ -72,12 +72,12 @@ class RunWatcher:
 
     def __init__(self, row: Dict) -> None:
         from hpc_ft.track.run_state import IncrementalSources
-        from hpc_ft.track.status import _record, run_kwargs
+        from hpc_ft.track.status import read_record, run_kwargs
 
         self.row = row
         self.run_dir = Path(row["run_dir"])
         self.sources = IncrementalSources()
-        self._kwargs = run_kwargs(_record(self.run_dir), self.run_dir)  # config.yaml: read once
+        self._kwargs = run_kwargs(read_record(self.run_dir), self.run_dir)  # config.yaml: read once
 
     @property
     def bytes_parsed(self) -> int:
@@ -85,9 +85,9 @@ class RunWatcher:
 
     def poll(self, registry=None) -> Dict:
         from hpc_ft.track.run_state import state_from_run_dir
-        from hpc_ft.track.status import _record, compose_status, scheduler_kwargs, scheduler_state
+        from hpc_ft.track.status import compose_status, read_record, scheduler_kwargs, scheduler_state
 
-        rec = _record(self.run_dir)  # small; a resume changes its job ids
+        rec = read_record(self.run_dir)  # small; a resume changes its job ids
         sched = scheduler_state(self.row, rec)
         rs = state_from_run_dir(self.run_dir, self.row.get("backend") or rec.get("backend", "hf"),
                                 run_id=self.row["run_id"], sources=self.sources, **scheduler_kwargs(sched),
@@ -139,12 +139,15 @@ def progress_line(st: Dict, width: int = 30) -> str:
 
 
 def watch(row: Dict, interval: float = 2.0) -> int:
-    """A live progress line until the run ends (status is rebuilt from incremental readers)."""
-    from hpc_ft.track.status import is_final
+    """A live progress line until the run ends (status is rebuilt from incremental readers); returns the exit
+    code of how it ended (hpc_ft.track.outcome: 0 only for COMPLETED)."""
+    from hpc_ft.track.outcome import UNDECIDED, exit_code_for
+    from hpc_ft.track.status import EndWatch
 
     tty = sys.stdout.isatty()
     last = ""
     watcher = RunWatcher(row)
+    ends = EndWatch()
     while True:
         st = watcher.poll()
         line = progress_line(st)
@@ -152,10 +155,13 @@ def watch(row: Dict, interval: float = 2.0) -> int:
             sys.stdout.write(("\r\x1b[2K" if tty else "") + line + ("" if tty else "\n"))
             sys.stdout.flush()
             last = line
-        if is_final(st):
+        if ends.done(st):
             if tty:
                 sys.stdout.write("\n")
+            if ends.reason:
+                print(f"run {row['run_id']}: cannot tell how it ends: {ends.reason}")
+                return UNDECIDED
             print(f"run {row['run_id']}: {st['state']}"
                   + (f", best checkpoint {st['best_checkpoint']}" if st.get("best_checkpoint") else ""))
-            return 0
+            return exit_code_for(st["state"])
         time.sleep(interval)

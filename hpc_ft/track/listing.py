@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hpc_ft.track.registry import FINAL_STATES
-from hpc_ft.track.status import STATUS_FIELDS, _record, run_status, snapshot
+from hpc_ft.track.status import STATUS_FIELDS, read_record, run_status, snapshot
 
 
 def list_runs(registry, state: Optional[str] = None, name: Optional[str] = None,
@@ -21,7 +21,7 @@ def list_runs(registry, state: Optional[str] = None, name: Optional[str] = None,
     live = [r for r in rows if r["state"] not in FINAL_STATES]
     out: List[Dict[str, Any]] = []
     if live:
-        recs = {r["run_id"]: _record(Path(r["run_dir"])) for r in live}
+        recs = {r["run_id"]: read_record(Path(r["run_dir"])) for r in live}
         snap = snapshot(live, recs)  # one sacct (+ squeue, + sinfo) call for every live run together
         fresh = {r["run_id"]: run_status(r, registry, snap=snap) for r in live}
     else:

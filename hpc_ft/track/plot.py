@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 from hpc_ft.errors import UserError
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -25,19 +25,10 @@ def run_curves(row: Dict) -> Tuple[List[Tuple[int, float]], List[Tuple[int, floa
     from hpc_ft.track.events import Progress, ValLoss
     from hpc_ft.track.status import run_status
 
+    from hpc_ft.backends import get_backend
+
     run_dir = Path(row["run_dir"])
-    if row.get("backend") == "nemo":
-        from hpc_ft.track.nemo_log import parse_nemo_log
-
-        events = []
-        for name in ("job.out", "job.err"):
-            p = run_dir / "logs" / name
-            if p.exists():
-                events += parse_nemo_log(p)
-    else:
-        from hpc_ft.track.hf_events import read_hf_events
-
-        events = read_hf_events(run_dir / "events.jsonl", run_dir)
+    events = get_backend(row.get("backend") or "hf").read_events(run_dir)
     train: Dict[int, float] = {}
     val: Dict[int, float] = {}
     for e in events:
@@ -52,7 +43,7 @@ def plot_run(row: Dict, output: str) -> Path:
     train, val, st = run_curves(row)
     if not train and not val:
         raise UserError(f"run {row['run_id']}: no losses logged yet. Try again once training has started.")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
@@ -73,16 +64,3 @@ def plot_run(row: Dict, output: str) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def plot_target(ref: str, output: str) -> Path:
-    """A run (id, dir, job id) or, when ref names a sweep, the sweep's throughput chart."""
-    from hpc_ft.commands.common import registry, resolve_run
-
-    reg = registry()
-    sweep = reg.get_sweep(ref) if ref else None
-    if sweep is not None:
-        from hpc_ft.sweep.plot import plot_sweep
-
-        return plot_sweep(sweep, output, reg)
-    return plot_run(resolve_run(ref), output)

@@ -44,8 +44,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 """
 
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                "BOOT_FAIL", "DEADLINE", "EARLY_STOPPED"}
+from hpc_ft.executors.base import FINAL_STATES  # noqa: F401 - the one state vocabulary, re-read here by track/
 
 
 def registry_path() -> Path:
@@ -107,7 +106,7 @@ class Registry:
                 "sweep_id,point,created,updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(r["run_id"], r["name"], r["config_hash"], r["run_dir"], r["backend"], r["cluster"],
                   r["executor"], json.dumps(r["job_ids"]), r.get("state", "PENDING"), r.get("sweep_id"),
-                  r.get("point"), now + i * 1e-6, now) for i, r in enumerate(rows)],
+                  r.get("point"), r.get("created") or now + i * 1e-6, now) for i, r in enumerate(rows)],
             )
 
     def add_sweep(self, *, sweep_id: str, name: str, sweep_dir: str, job_id: Optional[str], points: int) -> None:
@@ -151,8 +150,15 @@ class Registry:
             ).fetchall()
         return [self._row(r) for r in rows]
 
-    def latest(self) -> Optional[Dict[str, Any]]:
-        r = self._conn.execute("SELECT * FROM runs ORDER BY created DESC LIMIT 1").fetchone()
+    def latest(self, under: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The newest run; `under`: the newest whose run directory lies under this folder (a work_dir)."""
+        if under is None:
+            r = self._conn.execute("SELECT * FROM runs ORDER BY created DESC LIMIT 1").fetchone()
+            return self._row(r) if r else None
+        bases = {os.path.join(os.path.abspath(under), ""), os.path.join(os.path.realpath(under), "")}
+        where = " OR ".join("substr(run_dir, 1, ?) = ?" for _ in bases)
+        args = [x for b in bases for x in (len(b), b)]
+        r = self._conn.execute(f"SELECT * FROM runs WHERE {where} ORDER BY created DESC LIMIT 1", args).fetchone()
         return self._row(r) if r else None
 
     def list(self, state: Optional[str] = None, name: Optional[str] = None, limit: Optional[int] = None,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from hpc_ft.track import slurm as sl
-from hpc_ft.track.registry import FINAL_STATES
+from hpc_ft.executors import FINAL_STATES, executor_named, executor_of
+from hpc_ft.executors.slurm import exit_code, node_problem
 
 # The state shown when the scheduler has nothing to say (a run directory read on its own).
 CAUSE_STATE = {"COMPLETED": "COMPLETED", "EARLY_STOPPED": "COMPLETED", "TIMEOUT": "TIMEOUT",
@@ -33,7 +33,7 @@ STATUS_FIELDS = (
 )
 
 
-def _record(run_dir: Path) -> Dict[str, Any]:
+def read_record(run_dir: Path) -> Dict[str, Any]:
     from hpc_ft.submit.rundir import read_run_json
 
     try:
@@ -64,23 +64,25 @@ def snapshot(rows: Iterable[Dict[str, Any]], recs: Optional[Dict[str, Dict[str, 
     """The scheduler's state of every Slurm job of `rows` (registry rows), in one round of calls."""
     ids: List[str] = []
     for row in rows:
-        if row.get("executor") == "local":
+        if not executor_of(row).queues_jobs:  # the local executor's states come from the run folder
             continue
         rec = (recs or {}).get(row["run_id"])
         if rec is None:
-            rec = _record(Path(row["run_dir"]))
+            rec = read_record(Path(row["run_dir"]))
         ids.extend(run_jobs(row, rec).values())
-    jobs = sl.job_states(ids) if ids else {}
+    scheduler = executor_named("slurm")
+    jobs = scheduler.states(ids) if ids else {}
     running = [r.get("NodeList", "") for r in jobs.values() if r.get("State") in ("RUNNING", "COMPLETING")]
-    return SchedulerSnapshot(jobs=jobs, nodes=sl.node_states(running) if running else {})
+    return SchedulerSnapshot(jobs=jobs, nodes=scheduler.node_states(running) if running else {})
 
 
 def scheduler_state(row: Dict[str, Any], rec: Dict[str, Any],
                     snap: Optional[SchedulerSnapshot] = None) -> Dict[str, Dict[str, str]]:
     """kind ('train'/'eval') -> the scheduler's row for that job."""
     jobs = run_jobs(row, rec)
-    if row.get("executor") == "local":
-        return {k: sl.local_state(Path(row["run_dir"]), v) for k, v in jobs.items()}
+    executor = executor_of(row)
+    if not executor.queues_jobs:
+        return {k: executor.states([v], Path(row["run_dir"]))[v] for k, v in jobs.items()}
     if snap is None:
         snap = snapshot([row], {row["run_id"]: rec})
     return {k: snap.jobs.get(str(v), {"State": "UNKNOWN"}) for k, v in jobs.items()}
@@ -93,7 +95,7 @@ def scheduler_kwargs(sched: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
     state = train.get("State") or None
     if state == "UNKNOWN":  # neither sacct nor squeue knows the job: no word from Slurm (not a failure)
         state = None
-    return {"slurm_state": state, "exit_code": sl.exit_code(train),
+    return {"slurm_state": state, "exit_code": exit_code(train),
             "requeues": int(restarts) if restarts and restarts.isdigit() else None}
 
 
@@ -103,7 +105,7 @@ def run_status(row: Dict[str, Any], registry=None, *, snap: Optional[SchedulerSn
     from hpc_ft.track.run_state import state_from_run_dir
 
     run_dir = Path(row["run_dir"])
-    rec = _record(run_dir)
+    rec = read_record(run_dir)
     sched = scheduler_state(row, rec, snap)
     rs = state_from_run_dir(run_dir, row.get("backend") or rec.get("backend", "hf"), run_id=row["run_id"],
                             **scheduler_kwargs(sched), **run_kwargs(rec, run_dir))
@@ -169,9 +171,9 @@ def _jobs_view(jobs: Dict[str, str], sched: Dict[str, Dict[str, str]],
                 reason = f"training {train_state}: the afterok dependency can never be met; cancel it (`hpc-ft cancel`)"
         if state in ("RUNNING", "COMPLETING"):
             if nodes is None:
-                nodes = sl.node_states([r.get("NodeList", "") for r in sched.values()
-                                        if r.get("State") in ("RUNNING", "COMPLETING")])
-            sick = sl.node_problem(row.get("NodeList", ""), nodes)
+                nodes = executor_named("slurm").node_states(
+                    [r.get("NodeList", "") for r in sched.values() if r.get("State") in ("RUNNING", "COMPLETING")])
+            sick = node_problem(row.get("NodeList", ""), nodes)
             if sick:
                 reason = sick
         failed_before = [p for p in previous if p != "REQUEUED"]  # REQUEUED: hpc-ft's own requeue on the time limit
@@ -189,7 +191,8 @@ def _created(row: Dict[str, Any], rec: Dict[str, Any]) -> Optional[str]:
 
 
 def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
-    """Where NeMo wrote (exp_manager.exp_dir/name), how many rank folders a checkpoint has, max_steps."""
+    """max_steps, and what the backend's run reader needs (NeMo: where it wrote, how many rank folders a
+    checkpoint has)."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         return {}
@@ -197,29 +200,62 @@ def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
 
     try:
         cfg = OmegaConf.load(cfg_path)
+        from hpc_ft.backends import get_backend
+
         kw: Dict[str, Any] = {"max_steps": int(cfg.sweep.steps or cfg.trainer.max_steps)}
-        if cfg.backend.name == "nemo":
-            kw.update(exp_name=cfg.exp_manager.name, nemo_exp_root=cfg.exp_manager.exp_dir,
-                      expected_ranks=int(cfg.model.tensor_model_parallel_size) * int(cfg.model.pipeline_model_parallel_size),
-                      mode=cfg.exp_manager.early_stopping_callback_params.mode)
+        kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg))  # where the backend's logs and checkpoints are
         return kw
     except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
         return {}
-
-
-_nemo_kwargs = run_kwargs  # the name hpc_ft.sweep.status imports
 
 
 def is_final(status: Dict[str, Any]) -> bool:
     return status.get("state") in FINAL_STATES
 
 
+UNDECIDED_POLLS = 3  # polls in a row with no word from anything before a run's state counts as undecidable
+
+
+def undecided_reason(st: Dict[str, Any]) -> Optional[str]:
+    """Why the state of a run cannot be decided, or None: the state is UNKNOWN, no scheduler knows any job
+    of the run, and its log and files show no end (a run folder copied from elsewhere, a purged job)."""
+    if st.get("state") not in (None, "UNKNOWN"):
+        return None
+    jobs = st.get("jobs") or {}
+    if any((j.get("state") or "UNKNOWN") != "UNKNOWN" for j in jobs.values()):
+        return None
+    ids = ", ".join(f"{k} {j.get('job_id')}" for k, j in jobs.items()) or "none recorded"
+    return (f"state UNKNOWN: no scheduler knows its jobs ({ids}) and nothing in {st.get('run_dir')} says "
+            "how it ended")
+
+
+class EndWatch:
+    """Decides when to stop polling a run: it ended, or its state stayed undecidable UNDECIDED_POLLS times."""
+
+    def __init__(self) -> None:
+        self.undecided = 0
+        self.reason: Optional[str] = None
+
+    def done(self, st: Dict[str, Any]) -> bool:
+        if is_final(st):
+            return True
+        why = undecided_reason(st)
+        self.undecided = self.undecided + 1 if why else 0
+        if self.undecided >= UNDECIDED_POLLS:
+            self.reason = why
+            return True
+        return False
+
+
 def wait_for_end(row: Dict[str, Any], poll_s: float = 2.0, registry=None, on_update=None) -> Dict[str, Any]:
+    """Poll until the run ends; a run whose state cannot be decided ends the wait with `undecided` set."""
+    ends = EndWatch()
     while True:
         st = run_status(row, registry)
         if on_update:
             on_update(st)
-        if is_final(st):
+        if ends.done(st):
+            st["undecided"] = ends.reason
             return st
         time.sleep(poll_s)
 

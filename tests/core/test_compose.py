@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpc_ft.compose import compose_job
-from hpc_ft.compose.compose import sweep_points
+from hpc_ft.compose.points import point_overrides as sweep_points
 from hpc_ft.errors import UserError
 
 

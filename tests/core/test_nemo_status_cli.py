@@ -19,7 +19,8 @@ def _cli(*args, cwd):
 
 def test_status_of_a_nemo_run_dir_reports_state_step_best_checkpoint_and_early_stop(tmp_path):
     work = tmp_path / "ex01"
-    proc = _cli("train", "experiment=nig_elyza_ptuning", f"work_dir={work}", "--dry-run", "--json", cwd=tmp_path)
+    proc = _cli("train", "experiment=nig_elyza_ptuning", f"work_dir={work}", "--dry-run", "--out", str(work / "results"),
+                "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_dir = Path(json.loads(proc.stdout)["run_dir"])
     for name in ("job.out", "job.err"):

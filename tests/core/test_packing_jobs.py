@@ -71,6 +71,7 @@ def test_preflight_refuses_packing_the_reference_ptuning_job(work_dir):
 
 
 def test_nemo_packing_is_its_own_job_and_training_waits_on_it(work_dir, tmp_path):
+    from hpc_ft.executors.slurm import AFTEROK_PLACEHOLDER
     from hpc_ft.submit.launch import render_scripts
     from tests.core.sbatch_parse import sbatch_options
 
@@ -79,7 +80,8 @@ def test_nemo_packing_is_its_own_job_and_training_waits_on_it(work_dir, tmp_path
     assert list(scripts) == ["pack", "train", "eval"]
     pack, train = sbatch_options(scripts["pack"].text), sbatch_options(scripts["train"].text)
     assert pack["--gres"] == "gpu:1" and "--dependency" not in pack
-    assert train["--dependency"] == "afterok:{pack_job_id}" and train["--gres"] == "gpu:4"
+    # the placeholder is filled with the job id submitted just before (the pack job) when submitting
+    assert train["--dependency"] == AFTEROK_PLACEHOLDER and train["--gres"] == "gpu:4"
     assert "prepare_packed_ft_dataset.py" in scripts["pack"].text
     assert "prepare_packed_ft_dataset.py" not in scripts["train"].text
     unpacked = render_scripts(compose_job([f"work_dir={work_dir}", "experiment=nig_elyza_ptuning"]), tmp_path, "r2",

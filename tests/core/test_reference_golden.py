@@ -57,7 +57,7 @@ def test_train_job_matches_the_reference_key_for_key(fake_home, tmp_path):
 
 
 def test_eval_job_matches_the_reference_with_predictions_under_the_run(fake_home, tmp_path):
-    out = _hpcft("eval", "experiment=nig_elyza_ptuning", *ARGS, "--dry-run", cwd=tmp_path)
+    out = _hpcft("eval", "experiment=nig_elyza_ptuning", *ARGS, "--dry-run", "--out", f"{HOME}/ex01/results", cwd=tmp_path)
     ref_text, ref_argv = _reference("nig_generate.sbatch")
     ours = sbatch_options(out)
     for key, val in sbatch_options(ref_text).items():

@@ -142,7 +142,8 @@ def test_container_script_passes_secrets_by_name(tmp_path, monkeypatch, runtime,
     image = tmp_path / "hf.sif"
     image.write_bytes(b"x")
     proc = run_cli(["train", f"work_dir={hydra_quote(str(tmp_path / 'work'))}", SECRETS_OVERRIDE, "container=hf",
-                    f"container.image={image}", f"cluster.container_runtime={runtime}", "--dry-run"])
+                    f"container.image={image}", f"cluster.container_runtime={runtime}", "--dry-run",
+                    "--out", str(tmp_path / "work" / "results")])
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = run_dirs(tmp_path / "work")
     script = (run_dir / "job.sbatch").read_text(encoding="utf-8")

@@ -154,7 +154,7 @@ def _check_hostile_run(run_dir: Path, values: dict, recs: list, jobs: int = 1) -
 def test_dry_run_script_runs_with_literal_paths(tmp_path):
     """`hpc-ft train --dry-run` with hostile values, then the rendered job.sbatch run by bash (probe steps)."""
     overrides, values = _hostile_job(tmp_path, "local")
-    proc = run_cli(["train", *overrides, "--dry-run"])
+    proc = run_cli(["train", *overrides, "--dry-run", "--out", str(Path(values["work_dir"]) / "results")])
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = run_dirs(Path(values["work_dir"]))
     script = (run_dir / "job.sbatch").read_text(encoding="utf-8")

@@ -28,9 +28,24 @@ def slurm():
     return True
 
 
+# hpc-ft as a user at a site runs it: the venv's own entry point by absolute path, from a shell that holds
+# nothing of this test process (no venv on PATH, no PYTHONPATH, no VIRTUAL_ENV): `env -i` plus the few
+# variables a user would set. A test that passes only because something outside the venv exists is a defect.
+HPCFT_EXE = Path(sys.executable).parent / "hpc-ft"
+_PASSED_ON = ("HPC_FT_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SLURM_CONF", "XDG_")
+
+
+def minimal_env(env=None) -> dict:
+    """`env -i HOME=… PATH=/usr/bin:/bin` plus the test's HPC_FT_*/offline/Slurm-config variables."""
+    src = os.environ if env is None else env
+    out = {"HOME": src.get("HOME") or "/root", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    out.update({k: v for k, v in src.items() if k.startswith(_PASSED_ON)})
+    return out
+
+
 def hpcft(*args, env=None, cwd=None, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "hpc_ft.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
+    proc = subprocess.run([str(HPCFT_EXE), *map(str, args)], capture_output=True, text=True,
+                          env=minimal_env(env), cwd=cwd, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"hpc-ft {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -46,7 +61,7 @@ def tiny_work(tmp_path_factory, slurm):
     data = work / "data" / "jcommonsenseqa-v1.1"
     subprocess.run([sys.executable, "-m", "hpc_ft.backends.hf_runtime.tiny_model", "--data-dir", str(data),
                     "--output", str(work / "models" / "tiny_llama"), "--if-missing"], check=True,
-                   capture_output=True, env=env)
+                   capture_output=True, env=minimal_env(env))
     return work
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from hpc_ft.track.outcome import exit_code_for
 from tests.slurm.conftest import REPO, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
@@ -83,7 +84,10 @@ def _heal() -> None:
 
 
 def _status(run_id, env, wait=False):
-    return json.loads(hpcft("status", run_id, "--json", *(["--wait"] if wait else []), env=env, timeout=600).stdout)
+    proc = hpcft("status", run_id, "--json", *(["--wait"] if wait else []), env=env, timeout=600, check=False)
+    st = json.loads(proc.stdout)
+    assert proc.returncode == exit_code_for(st["state"]), (proc.returncode, st["state"], proc.stderr)  # 0: COMPLETED
+    return st
 
 
 def _checkpoints(run_dir: Path) -> list[int]:
@@ -136,7 +140,7 @@ def _lose_the_node_and_resume(run_id, job_id, run_dir, env, timeout_s, ours):
         # first RUNNING on a node that does not answer, then that allocation NODE_FAIL and the job requeued
         assert any(state == "RUNNING" and "NOT RESPONDING" in reason for state, _, reason in seen), seen
         assert st["state"] == "PENDING" and "requeued after NODE_FAIL" in st["jobs"]["train"]["reason"], st
-        text = hpcft("status", run_id, env=env).stdout
+        text = hpcft("status", run_id, env=env, check=False).stdout
         assert "NODE_FAIL" in text
         # the user decides: take it out of the queue, then resume it (below) once the node is back
         hpcft("cancel", run_id, env=env)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from hpc_ft.track.outcome import exit_code_for
 from tests.slurm.conftest import hpcft, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
@@ -30,7 +31,10 @@ def _sacct_state(job_id: str) -> str:
 
 def _status(run_id, env, wait=True):
     args = ["status", run_id, "--json"] + (["--wait"] if wait else [])
-    return json.loads(hpcft(*args, env=env, timeout=400).stdout)
+    proc = hpcft(*args, env=env, timeout=400, check=False)
+    st = json.loads(proc.stdout)
+    assert proc.returncode == exit_code_for(st["state"]), (proc.returncode, st["state"], proc.stderr)  # 0: COMPLETED
+    return st
 
 
 def test_submit_runs_to_completed_and_sacct_agrees(tiny_work, tmp_path):
@@ -54,6 +58,23 @@ def test_two_process_torchrun_job_on_two_gpus(tiny_work, tmp_path):
     assert "#SBATCH --gres=gpu:2" in script and "--nproc_per_node=2" in script
     st = _status(launch["run_id"], env)
     assert st["state"] == "COMPLETED", st
+    events = [json.loads(x) for x in open(os.path.join(launch["run_dir"], "events.jsonl"))]
+    assert any(e["kind"] == "start" and e["world_size"] == 2 for e in events)
+
+
+def test_two_rank_job_under_export_none_needs_nothing_from_the_submitting_shell(tiny_work, tmp_path):
+    """cluster.export=NONE: the node starts the job with SLURM_* only; the script's own PATH and the recorded
+    interpreter (`python -m torch.distributed.run`, no bare torchrun) must be all it needs."""
+    env = dict(_env(tmp_path), HPC_FT_TEST_MARKER="from-the-submitting-shell")
+    launch = submit(tiny_work, "trainer.devices=2", "model.micro_batch_size=2", "cluster.export=NONE",
+                    "cluster.setup=['echo submitter-marker=${HPC_FT_TEST_MARKER:-unset}']", env=env)
+    script = open(os.path.join(launch["run_dir"], "job.sbatch")).read()
+    assert "#SBATCH --export=" in script and "torch.distributed.run" in script
+    st = _status(launch["run_id"], env)
+    assert st["state"] == "COMPLETED", st
+    log = open(os.path.join(launch["run_dir"], "logs", "job.out")).read()
+    assert "submitter-marker=unset" in log  # nothing leaked in from the submitting environment
+    assert "command not found" not in log
     events = [json.loads(x) for x in open(os.path.join(launch["run_dir"], "events.jsonl"))]
     assert any(e["kind"] == "start" and e["world_size"] == 2 for e in events)
 
@@ -86,5 +107,5 @@ def test_failing_job_is_failed_with_the_log_tail(tiny_work, tmp_path):
     assert st["state"] == "FAILED", st
     assert _sacct_state(launch["jobs"]["train"]) == "FAILED"
     assert "precision" in (st.get("log_tail") or "")
-    text = hpcft("status", launch["run_id"], env=env).stdout
+    text = hpcft("status", launch["run_id"], env=env, check=False).stdout
     assert "log tail:" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hpc_ft.track.outcome import exit_code_for
 from tests.slurm.conftest import REPO, SMALL, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
@@ -32,7 +33,10 @@ def _sacct(job_id: str, field: str = "State") -> str:
 
 
 def _status(ref, env, wait=False):
-    return json.loads(hpcft("status", ref, "--json", *(["--wait"] if wait else []), env=env, timeout=400).stdout)
+    proc = hpcft("status", ref, "--json", *(["--wait"] if wait else []), env=env, timeout=400, check=False)
+    st = json.loads(proc.stdout)
+    assert proc.returncode == exit_code_for(st["state"]), (proc.returncode, st["state"], proc.stderr)  # 0: COMPLETED
+    return st
 
 
 def test_a_run_past_its_time_limit_without_requeues_ends_timeout(tiny_work, tmp_path):
@@ -73,13 +77,13 @@ def test_the_eval_job_of_a_failed_training_is_cancelled_and_reported_so(tiny_wor
     assert "training FAILED" in st["jobs"]["eval"]["reason"]
     assert not subprocess.run(["squeue", "-h", "-j", launch["jobs"]["eval"]], capture_output=True,
                               text=True).stdout.strip(), "nothing left pending"
-    text = hpcft("status", launch["run_id"], env=env).stdout
+    text = hpcft("status", launch["run_id"], env=env, check=False).stdout
     assert "eval" in text and "CANCELLED" in text and "training FAILED" in text
 
 
 DIE_AFTER_SBATCH = """
 import os, sys
-from hpc_ft.submit import executors
+from hpc_ft.executors import slurm as executors
 real = executors.submit_slurm
 def submit_then_die(*args, **kwargs):
     sub = real(*args, **kwargs)

@@ -6,9 +6,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from hpc_ft.compose import compose as compose_mod
-from hpc_ft.compose.compose import compose_job, sweep_points
+from hpc_ft.compose.compose import compose_job
+from tests.sweep.hydra_reference import sweep_points
 from hpc_ft.errors import UserError
-from hpc_ft.sweep.compose import compose_points, point_overrides, sweep_axes
+from hpc_ft.compose.points import compose_points, point_overrides, sweep_axes
 
 
 def _reference(overrides):
@@ -106,7 +107,7 @@ class _Counter:
 
 
 def test_a_1000_point_sweep_calls_hydra_once_per_group_choice(work_dir, monkeypatch, private_cache):
-    hydra = _Counter(monkeypatch, compose_mod, "_hydra_compose")
+    hydra = _Counter(monkeypatch, compose_mod, "hydra_compose")
     points = compose_points([f"work_dir={work_dir}", "cluster=local,slurm_local",
                              "model.tensor_model_parallel_size=1,2", "model.micro_batch_size=range(1,251)"])
     assert len(points) == 1000
@@ -116,14 +117,14 @@ def test_a_1000_point_sweep_calls_hydra_once_per_group_choice(work_dir, monkeypa
 
 
 def test_a_swept_plus_key_is_composed_for_real_per_value(work_dir, monkeypatch, private_cache):
-    hydra = _Counter(monkeypatch, compose_mod, "_hydra_compose")
+    hydra = _Counter(monkeypatch, compose_mod, "hydra_compose")
     points = compose_points([f"work_dir={work_dir}", "+cluster.env.A=x,y,z", "model.micro_batch_size=range(1,11)"])
     assert len(points) == 30 and len(hydra.calls) == 3
     assert {p.spec.cluster.env["A"] for p in points} == {"x", "y", "z"}
 
 
 def test_an_unknown_key_gives_hydras_error_from_one_real_compose(work_dir, monkeypatch, private_cache):
-    hydra = _Counter(monkeypatch, compose_mod, "_hydra_compose")
+    hydra = _Counter(monkeypatch, compose_mod, "hydra_compose")
     points = compose_points([f"work_dir={work_dir}", "model.micro_bach_size=range(1,51)"])
     assert all(p.error and "model.micro_bach_size: unknown key" in p.error for p in points)
     assert "Did you mean 'model.micro_batch_size'" in points[0].error

@@ -60,7 +60,7 @@ def test_plain_dry_run_prints_the_one_array_script(cli, work_dir):
 
 
 def _dry_launch(work_dir, *overrides, **kw):
-    return launch_sweep([f"work_dir={work_dir}", *overrides], dry_run=True, **kw)
+    return launch_sweep([f"work_dir={work_dir}", *overrides], dry_run=True, out=str(Path(work_dir) / "results"), **kw)
 
 
 def test_each_kept_point_is_an_ordinary_run_directory_rendered_by_the_single_run_path(work_dir):
@@ -157,7 +157,7 @@ def test_a_percent_in_the_sweep_directory_is_not_a_slurm_pattern(work_dir):
 
 
 def test_config_yaml_of_the_fast_writer_equals_omegaconfs(work_dir):
-    from hpc_ft.sweep.compose import compose_points
+    from hpc_ft.compose.points import compose_points
 
     to_yaml = ConfigYaml()
     overrides = [f"work_dir={work_dir}", "+cluster.env.LONG='" + "word " * 40 + "'", "model.seed=1,2",

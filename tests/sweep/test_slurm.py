@@ -12,7 +12,7 @@ import pytest
 from hpc_ft.commands.common import registry
 from hpc_ft.sweep.launch import launch_sweep
 from hpc_ft.sweep.status import resolve_sweep, sweep_status
-from hpc_ft.track import slurm as sl
+from hpc_ft.executors import slurm as sl
 
 from .conftest import wait_until
 
@@ -53,13 +53,13 @@ def test_an_oom_cancels_the_pending_larger_mbs_of_its_layout_on_slurm(local_slur
 
     # status asks the scheduler once for the whole array
     calls = []
-    real_run = sl._run
+    real_run = sl.run_command
 
     def counting(argv, *a, **k):
         calls.append(argv[0])
         return real_run(argv, *a, **k)
 
-    monkeypatch.setattr(sl, "_run", counting)
+    monkeypatch.setattr(sl, "run_command", counting)
     sweep_status(resolve_sweep(reg, launch.sweep_id), reg)
     assert calls.count("sacct") == 1
 

@@ -8,13 +8,13 @@ import pytest
 
 from hpc_ft.errors import UserError
 from hpc_ft.sweep import status as sst
-from hpc_ft.track import slurm as sl
+from hpc_ft.executors import slurm as sl
 
 
 @pytest.mark.parametrize("spec, tasks", [("3", [3]), ("[2-5%1]", [2, 3, 4, 5]), ("[1,3%1]", [1, 3]),
                                          ("[0-1,7]", [0, 1, 7])])
 def test_slurm_array_task_notation(spec, tasks):
-    assert sst._expand_tasks(spec) == tasks
+    assert sl.expand_tasks(spec) == tasks
 
 
 def test_one_sacct_call_covers_started_pending_and_vanished_tasks(monkeypatch):
@@ -32,7 +32,7 @@ def test_one_sacct_call_covers_started_pending_and_vanished_tasks(monkeypatch):
 
     monkeypatch.setattr(sl, "sacct", fake_sacct)
     monkeypatch.setattr(sl, "squeue", fake_squeue)
-    states = sst.array_states("77", [0, 1, 2, 3, 4])
+    states = sl.array_states("77", [0, 1, 2, 3, 4])
     assert [states[t]["State"] for t in range(5)] == ["COMPLETED", "FAILED", "CANCELLED", "PENDING", "PENDING"]
     assert calls == [("sacct", ["77"]), ("squeue", ["77"])]
 
@@ -41,14 +41,14 @@ def test_before_accounting_knows_the_array_squeue_answers(monkeypatch):
     monkeypatch.setattr(sl, "sacct", lambda ids: {})
     monkeypatch.setattr(sl, "squeue", lambda ids: {"9_[0-2%2]": {"JobID": "9_[0-2%2]", "State": "PENDING",
                                                                    "ExitCode": ""}})
-    assert {t: s["State"] for t, s in sst.array_states("9", [0, 1, 2]).items()} == {0: "PENDING", 1: "PENDING",
+    assert {t: s["State"] for t, s in sl.array_states("9", [0, 1, 2]).items()} == {0: "PENDING", 1: "PENDING",
                                                                                     2: "PENDING"}
 
 
 def test_an_unknown_array_leaves_the_state_empty(monkeypatch):
     monkeypatch.setattr(sl, "sacct", lambda ids: {})
     monkeypatch.setattr(sl, "squeue", lambda ids: {})
-    assert sst.array_states("9", [0])[0]["State"] == ""
+    assert sl.array_states("9", [0])[0]["State"] == ""
 
 
 def _status(*rows):

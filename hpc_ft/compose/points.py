@@ -12,7 +12,7 @@ cheapest way that keeps Hydra's semantics:
   spec is copied along the key's path only and the converted value set (microseconds per point).
 * medium: other swept `key=value` (a list or mapping value, a key some `${...}` refers to, a value
   the schema refuses, ...): Hydra's own step for config overrides, `OmegaConf.update(cfg, key, value,
-  merge=True)` on a copy of the composed config, then the schema merge (`_to_spec`).
+  merge=True)` on a copy of the composed config, then the schema merge (`to_spec`).
 
 A key that does not exist gets Hydra's own error (one real compose, reused for every point with it).
 Every point ends in `check_spec`; a point that fails carries the error instead of a spec.
@@ -124,13 +124,13 @@ def sweep_axes(overrides: Sequence[str]) -> List[Axis]:
     from hydra.core.override_parser.types import Glob, Override, OverrideType, Transformer
     from hydra.errors import HydraException
 
-    from hpc_ft.compose.compose import _first_line, _group_options, _normalise_overrides
+    from hpc_ft.compose.compose import first_line, group_options, normalise_overrides
 
     parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(_normalise_overrides(list(overrides)))
+        parsed = parser.parse_overrides(normalise_overrides(list(overrides)))
     except HydraException as exc:
-        raise UserError(f"sweep overrides: {_first_line(exc)}. Use key=a,b,c or key=range(1,5).") from None
+        raise UserError(f"sweep overrides: {first_line(exc)}. Use key=a,b,c or key=range(1,5).") from None
     groups = _group_names()
     axes: Dict[str, Axis] = {}
     for o in parsed:
@@ -141,7 +141,7 @@ def sweep_axes(overrides: Sequence[str]) -> List[Axis]:
             if o.is_interval_sweep():
                 raise UserError(f"{key}: interval() cannot be listed point by point; use range(a,b,step) or a,b,c.")
             if isinstance(o._value, Glob):
-                raw = o._value.filter(_group_options(name))
+                raw = o._value.filter(group_options(name))
                 if not raw:
                     raise UserError(f"{o.input_line}: the glob matches no option of group '{name}'.")
             else:
@@ -327,9 +327,9 @@ def _schema_value_node(path: str):
     from omegaconf import DictConfig
     from omegaconf.nodes import ValueNode
 
-    from hpc_ft.compose.compose import _schema
+    from hpc_ft.compose.compose import schema_config
 
-    node = _schema()
+    node = schema_config()
     try:
         for part in path.split("."):
             if not isinstance(node, DictConfig):
@@ -349,7 +349,7 @@ class _Base:
                  value_refs: Dict[str, Set[str]]) -> None:
         from omegaconf import OmegaConf
 
-        from hpc_ft.compose.compose import _hydra_compose, _to_spec
+        from hpc_ft.compose.compose import hydra_compose, to_spec
 
         self.overrides = overrides
         self.work_dir = work_dir
@@ -366,12 +366,12 @@ class _Base:
         self.refs: Dict[str, Set[str]] = {}
         self.reresolve: List[Tuple[str, str]] = []   # interpolations resolved again per point, in dependency order
         try:
-            self.cfg = _hydra_compose(overrides)
+            self.cfg = hydra_compose(overrides)
         except UserError as exc:
             self.error = str(exc)
             return
         try:
-            self.view = view_of(_to_spec(copy.deepcopy(self.cfg), work_dir))
+            self.view = view_of(to_spec(copy.deepcopy(self.cfg), work_dir))
         except UserError:
             self.view = None  # e.g. a value only the swept override sets: every point takes the medium path
         container = OmegaConf.to_container(self.cfg, resolve=False)
@@ -407,13 +407,13 @@ class _Base:
         if self._typed_cfg is _UNSET:
             from omegaconf import OmegaConf
 
-            from hpc_ft.compose.compose import _schema
+            from hpc_ft.compose.compose import schema_config
 
             data = OmegaConf.to_container(self.cfg, resolve=False)
             data.pop("hydra", None)
             data["work_dir"] = os.path.abspath(str(Path(self.work_dir or data.get("work_dir") or ".").expanduser()))
             try:
-                self._typed_cfg = OmegaConf.merge(_schema(), data)
+                self._typed_cfg = OmegaConf.merge(schema_config(), data)
             except Exception:  # noqa: BLE001 - the canonical path reports what is wrong
                 self._typed_cfg = None
         return self._typed_cfg
@@ -515,7 +515,7 @@ class _Base:
 
         On a copy of the typed (schema-merged, unresolved) base when that gives a clean result; otherwise
         (a refused type, a missing value, an unresolvable interpolation, work_dir) on a copy of the composed
-        config followed by the schema merge (`_to_spec`), whose error messages are the ones every command
+        config followed by the schema merge (`to_spec`), whose error messages are the ones every command
         gives. Memoised on the values: points that differ only in fast keys share one medium result."""
         memo_key = repr(values)
         hit = self._medium_memo.get(memo_key)
@@ -548,13 +548,13 @@ class _Base:
     def _medium_canonical(self, values: List[Tuple[str, Any]]) -> SpecView:
         from omegaconf import OmegaConf
 
-        from hpc_ft.compose.compose import _to_spec
+        from hpc_ft.compose.compose import to_spec
 
         cfg = copy.deepcopy(self.cfg)
         OmegaConf.set_struct(cfg, False)
         for path, value in values:
             OmegaConf.update(cfg, path, value, merge=True)
-        return view_of(_to_spec(cfg, self.work_dir))
+        return view_of(to_spec(cfg, self.work_dir))
 
 
 def _has_missing(value: Any) -> bool:

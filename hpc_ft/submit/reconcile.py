@@ -21,24 +21,17 @@ import os
 import re
 import shlex
 import sqlite3
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from hpc_ft.track import slurm as sl
+from hpc_ft.executors import executor_named, parse_job_name
+from hpc_ft.executors.base import JOB_NAME, SchedulerJob
+from hpc_ft.submit.record import RunRecord, register, write_record
 
-JOB_NAME = re.compile(r"^hpcft\.(?P<name>.+)\.(?P<kind>[A-Za-z][\w-]*)\.(?P<run_id>\d{8}-\d{6}-[0-9a-f]+)$")
 DEFAULT_SINCE_DAYS = 7
-
-
-@dataclass
-class SlurmJob:
-    job_id: str          # "123", or an array's "123" (task rows are folded into the array)
-    name: str
-    state: str
-    script: str = ""     # the path sbatch was given (squeue %o, sacct SubmitLine)
+SlurmJob = SchedulerJob  # the name this module's callers know
 
 
 @dataclass
@@ -57,55 +50,9 @@ class Reconciled:
             f": {self.detail}" if self.detail else "")
 
 
-def parse_job_name(name: str) -> Optional[Dict[str, str]]:
-    m = JOB_NAME.match(name.strip())
-    return m.groupdict() if m else None
-
-
-def _array_base(job_id: str) -> str:
-    return job_id.split("_", 1)[0]
-
-
-def slurm_jobs(since_days: float = DEFAULT_SINCE_DAYS) -> List[SlurmJob]:
-    """This user's hpc-ft jobs that Slurm knows: queued or running (squeue), and ended within `since_days`
-    (sacct). An array's task rows are folded into one job per array."""
-    jobs: Dict[str, SlurmJob] = {}
-    out = sl._run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,SubmitLine", "-S",
-                   time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - since_days * 86400))])
-    for line in (out or "").splitlines():
-        parts = line.split("|", 3)
-        if len(parts) == 4 and parts[1].startswith("hpcft."):
-            jid = _array_base(parts[0])
-            script = _script_of(parts[3])
-            jobs[jid] = SlurmJob(jid, parts[1], (parts[2].split() or [""])[0], script or getattr(jobs.get(jid), "script", ""))
-    out = sl._run(["squeue", "--me", "-h", "-o", "%i|%j|%T|%o"])
-    for line in (out or "").splitlines():
-        parts = line.strip().split("|", 3)
-        if len(parts) == 4 and parts[1].startswith("hpcft."):
-            jid = _array_base(parts[0])
-            prev = jobs.get(jid)
-            jobs[jid] = SlurmJob(jid, parts[1], parts[2], parts[3] or (prev.script if prev else ""))
-    return list(jobs.values())
-
-
-def _script_of(submit_line: str) -> str:
-    """The script path of an sbatch command line (`sbatch [options] script [args]`)."""
-    try:
-        words = shlex.split(submit_line)
-    except ValueError:
-        words = submit_line.split()
-    if not words:
-        return ""
-    for w in words[1:]:
-        if not w.startswith("-") and (w.endswith(".sh") or w.endswith(".sbatch") or "/" in w):
-            return w
-    return ""
-
-
-def _stdout_of(job_id: str) -> str:
-    out = sl._run(["scontrol", "show", "job", "-o", job_id], timeout=10) or ""
-    m = re.search(r"\bStdOut=(\S+)", out)
-    return m.group(1) if m else ""
+def slurm_jobs(since_days: float = DEFAULT_SINCE_DAYS) -> List[SchedulerJob]:
+    """This user's hpc-ft jobs that Slurm knows (see `executors.slurm.list_jobs`)."""
+    return executor_named("slurm").list_jobs(since_days)
 
 
 def _candidates(job: SlurmJob) -> List[Path]:
@@ -130,7 +77,7 @@ def _candidates(job: SlurmJob) -> List[Path]:
                 found.append(Path(shlex.split(m.group(1))[0]))
             except (ValueError, IndexError):
                 pass
-    stdout = _stdout_of(job.job_id)
+    stdout = executor_named("slurm").job_stdout(job.job_id)
     if stdout:
         p = Path(stdout)
         if p.parent.name == "logs":
@@ -149,10 +96,6 @@ def _created(rec: Dict) -> Optional[float]:
         return None
 
 
-def _ordered(jobs: Dict[str, str]) -> Dict[str, str]:
-    return {k: jobs[k] for k in sorted(jobs, key=lambda k: (k != "train", k != "eval", k))}
-
-
 def _belongs_elsewhere(registry, rec: Dict, job_id: str) -> bool:
     """The run was recorded by a submitter that lived past sbatch, in another registry than this one."""
     owner = rec.get("registry")
@@ -164,29 +107,26 @@ def _belongs_elsewhere(registry, rec: Dict, job_id: str) -> bool:
 def _record_run(registry, run_dir: Path, rec: Dict, kind: str, job_id: str, *, sweep_id: Optional[str] = None,
                 point: Optional[int] = None) -> str:
     """Write `kind: job_id` into run.json and the registry; returns what was done."""
-    from hpc_ft.submit.rundir import write_run_json
-
     if _belongs_elsewhere(registry, rec, job_id):
         return "elsewhere"
-    jobs = dict(rec.get("jobs") or {})
-    changed_json = jobs.get(kind) != job_id
+    record = RunRecord.from_json(rec)
+    record.run_dir = str(run_dir)  # where the run is now
+    changed_json = record.jobs.get(kind) != job_id
     if changed_json:
-        jobs[kind] = job_id
-        rec["jobs"] = _ordered(jobs)
-        rec["job_ids"] = list(rec["jobs"].values())
-        write_run_json(run_dir, rec)
-    row = registry.get(rec["run_id"])
+        record.set_jobs({**record.jobs, kind: job_id})
+        write_record(record)
+    row = registry.get(record.run_id)
     if row is None:
+        record.name = record.name or "?"
+        record.backend, record.cluster = record.backend or "hf", record.cluster or "?"
+        record.sweep_id, record.point = sweep_id, point
         try:
-            registry.add_run(run_id=rec["run_id"], name=rec.get("name") or "?", config_hash=rec.get("config_hash", ""),
-                             run_dir=str(run_dir), backend=rec.get("backend", "hf"), cluster=rec.get("cluster", "?"),
-                             executor=rec.get("executor", "slurm"), job_ids=rec["job_ids"], sweep_id=sweep_id,
-                             point=point, created=_created(rec))
+            register(registry, [record], new=True, created=_created(rec))
             return "registered"
         except sqlite3.IntegrityError:  # another reconcile (or the submitter itself) got there first
-            row = registry.get(rec["run_id"])
-    if row is not None and list(row["job_ids"]) != rec["job_ids"]:
-        registry.update_run(rec["run_id"], job_ids=rec["job_ids"])
+            row = registry.get(record.run_id)
+    if row is not None and list(row["job_ids"]) != record.job_ids:
+        registry.update_run(record.run_id, job_ids=record.job_ids)
         return "job recorded"
     return "job recorded" if changed_json else "known"
 
@@ -212,7 +152,7 @@ def _reconcile_run(registry, job: SlurmJob, ids: Dict[str, str]) -> Reconciled:
 
 
 def _reconcile_sweep(registry, job: SlurmJob, ids: Dict[str, str]) -> List[Reconciled]:
-    from hpc_ft.sweep.launch import SWEEP_JSON
+    from hpc_ft.submit.rundir import SWEEP_JSON
 
     sweep_id = ids["run_id"]
     for sweep_dir in _candidates(job):
