@@ -254,15 +254,15 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     run_id = rd.new_run_id()
     run_dir = run_dir_for(spec, run_id, dry_run, out)
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out))
+    if dry_run and not out:
+        return launch  # a dry run leaves nothing behind (and needs no record)
     record = new_record(
         spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
         eval=bool(with_eval), requeues=0, submitted_by=submitter(), data={"files": checksums},
         container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                    "digest": image_digest(spec, dry_run)},
         registry=str(registry.path) if registry is not None else None)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out))
-    if dry_run and not out:
-        return launch  # a dry run leaves nothing behind
     with writable("exp_manager.exp_dir", str(run_dir.parent)):
         rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
