@@ -1,6 +1,7 @@
 # hpc-ft: the two commands of the README, and a few more.
 #   make demo   set up (first time) and run the main job on the embedded local default
-#   make test   set up, start the local Slurm, run the whole test suite against it
+#   make test   set up, start the local Slurm (node localhost + the two-node partition multi),
+#               run the whole test suite against it
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,8 +22,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/hpc-ft demo
 
+# node localhost (partitions debug, gpu) and partition multi of node1 + node2, each in its own
+# network and UTS namespace (tests/slurm/test_multinode_real.py runs jobs across them)
 slurm-start:
-	scripts/local-slurm.sh start
+	scripts/local-slurm.sh start --nodes 2
 
 slurm-stop:
 	scripts/local-slurm.sh stop

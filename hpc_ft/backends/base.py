@@ -39,8 +39,9 @@ class Backend(Protocol):
     def point_values(self, spec: Any, run_dir: Path) -> Sequence[Tuple[str, Any]]:
         """Values a sweep point must own (its own folders), as (key, value) pairs."""
 
-    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, Any]:
-        """What the run reader needs to find this backend's logs and checkpoints, from a run's config.yaml."""
+    def reader_kwargs(self, cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+        """What the run reader needs to find this backend's logs and checkpoints, from a run's config.yaml
+        and its run directory."""
 
     def read_events(self, run_dir: Path) -> list:
         """The run's events (progress, validation, end), from this backend's logs."""

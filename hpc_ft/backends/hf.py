@@ -57,6 +57,19 @@ def paths(run_dir: str) -> Dict[str, str]:
     }
 
 
+def data_args(spec: DictConfig, splits) -> List[Token]:
+    """The job's data as the node programs parse it: model.data.*_ds.file_names and the format/template keys."""
+    from hpc_ft.data.spec import data_arguments, options_from_spec, splits_from_spec
+
+    return data_arguments(splits_from_spec(spec, splits), options_from_spec(spec))
+
+
+def tiny_model_data_args(spec: DictConfig) -> List[Token]:
+    from hpc_ft.data.spec import options_from_spec
+
+    return ["--train-file", *spec.model.data.train_ds.file_names, "--data-options", options_from_spec(spec).to_json()]
+
+
 def job_env(spec: DictConfig) -> Dict[str, str]:
     env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if spec.backend.threads:
@@ -75,15 +88,14 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         steps.append(
             Step(
                 "build-model",
-                in_container(spec, [py, "-m", TINY_MODULE, "--data-dir", spec.data.dir, "--output", m.hf_path,
+                in_container(spec, [py, "-m", TINY_MODULE, *tiny_model_data_args(spec), "--output", m.hf_path,
                                     "--if-missing", "--seed", m.seed], gpus=False),
                 skip_if_exists=os.path.join(m.hf_path, "config.json"),
             )
         )
     args: List[Token] = [
         "--model-dir", m.hf_path,
-        "--train-file", spec.data.train_file,
-        "--valid-file", spec.data.validation_file,
+        *data_args(spec, ("train", "validation")),
         "--output-dir", p["checkpoints"],
         "--events", p["events"],
         "--max-steps", steps_n,
@@ -130,7 +142,7 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         py, "-m", GENERATE_MODULE,
         "--model-dir", spec.model.hf_path,
         "--adapter", "auto:" + tp["checkpoints"],
-        "--test-file", spec.data.test_file,
+        *data_args(spec, ("test",)),
         "--output", p["predictions"],
         "--base-output", p["base_predictions"],
         "--max-new-tokens", spec.backend.generate_max_new_tokens,
@@ -168,7 +180,7 @@ class HfBackend:
     def point_values(self, spec, run_dir):
         return []  # every point writes into its own run directory already
 
-    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, object]:
+    def reader_kwargs(self, cfg: DictConfig, run_dir) -> Dict[str, object]:
         return {}
 
     def read_events(self, run_dir):

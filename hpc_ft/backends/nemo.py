@@ -30,19 +30,36 @@ def nemo_value(value: Any) -> str:
     return str(value)
 
 
-def exp_paths(spec: DictConfig) -> Dict[str, str]:
-    """Where NeMo writes: exp_dir/name/ (no version folder: resume_if_exists is NeMo's finetune default)."""
-    log_dir = os.path.join(spec.exp_manager.exp_dir, spec.exp_manager.name)
+#: NeMo's exp_manager.exp_dir of a run, relative to the run directory
+NEMO_EXP_SUBDIR = "nemo"
+
+
+def nemo_exp_dir(run_dir: str) -> str:
+    """NeMo's `exp_manager.exp_dir` for one run: a folder inside the run directory.
+
+    NeMo's log dir is `<exp_dir>/<name>` (no version folder: resume_if_exists is the finetune default)
+    and `resume_if_exists` resumes from its `checkpoints/`. A shared `<work_dir>/results/<name>` would make
+    a second run of the same name resume the first one's checkpoints; one exp_dir per run means a requeue
+    or `hpc-ft resume` continues this run and nothing else. (Not the run directory itself: on every start
+    NeMo moves the plain files of its log dir into `run_<k>/`, which would take run.json with them.)
+    """
+    return os.path.join(str(run_dir), NEMO_EXP_SUBDIR)
+
+
+def exp_paths(spec: DictConfig, run_dir: str) -> Dict[str, str]:
+    """Where NeMo writes for the run in `run_dir`: its log dir, checkpoints and final .nemo."""
+    log_dir = os.path.join(nemo_exp_dir(run_dir), spec.exp_manager.name)
     ckpt = os.path.join(log_dir, "checkpoints")
-    return {"log_dir": log_dir, "checkpoints": ckpt, "peft_nemo": os.path.join(ckpt, spec.exp_manager.name + ".nemo")}
+    return {"exp_dir": nemo_exp_dir(run_dir), "log_dir": log_dir, "checkpoints": ckpt,
+            "peft_nemo": os.path.join(ckpt, spec.exp_manager.name + ".nemo")}
 
 
-def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
+def train_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
     t, m, e = spec.trainer, spec.model, spec.exp_manager
     d = m.data
     max_steps = int(spec.sweep.steps or t.max_steps)
     return [
-        ("exp_manager.exp_dir", e.exp_dir),
+        ("exp_manager.exp_dir", nemo_exp_dir(run_dir)),
         ("exp_manager.name", e.name),
         ("exp_manager.early_stopping_callback_params.patience", e.early_stopping_callback_params.patience),
         ("trainer.precision", str(t.precision)),
@@ -68,14 +85,35 @@ def train_overrides(spec: DictConfig) -> List[Tuple[str, Any]]:
         ("model.data.train_ds.num_workers", d.train_ds.num_workers),
         ("model.data.validation_ds.num_workers", d.validation_ds.num_workers),
         ("model.optim.lr", m.optim.lr),
-    ]
+    ] + data_overrides(spec, "train_ds")
+
+
+def hydra_string(value: str) -> str:
+    """A Hydra override value that NeMo parses back to exactly `value` (single-quoted; braces stay literal)."""
+    out = re.sub(r"(\\*)'", lambda mt: mt.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda mt: mt.group(1) * 2, out) + "'"
+
+
+def data_overrides(spec: DictConfig, split: str) -> List[Tuple[str, Any]]:
+    """The template and loss keys, only where they differ from NeMo's defaults (the tutorial's lines stay as they are).
+
+    NeMo's validation_ds/test_ds interpolate prompt_template and label_key from train_ds; the generate
+    script has its own test_ds defaults, so eval names them on test_ds."""
+    ds, out = spec.model.data.train_ds, []
+    if ds.prompt_template is not None and ds.prompt_template != "{input} {output}":
+        out.append((f"model.data.{split}.prompt_template", hydra_string(ds.prompt_template)))
+    if ds.label_key != "output":
+        out.append((f"model.data.{split}.label_key", ds.label_key))
+    if split == "train_ds" and not spec.model.answer_only_loss:
+        out.append(("model.answer_only_loss", False))
+    return out
 
 
 def eval_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
     m, ts = spec.model, spec.model.data.test_ds
     return [
         ("model.restore_from_path", m.restore_from_path),
-        ("model.peft.restore_from_path", exp_paths(spec)["peft_nemo"]),
+        ("model.peft.restore_from_path", m.peft.restore_from_path or exp_paths(spec, run_dir)["peft_nemo"]),
         ("trainer.devices", spec.trainer.devices),
         ("model.data.test_ds.file_names", list(ts.file_names)),
         ("model.data.test_ds.names", list(ts.names)),
@@ -86,7 +124,7 @@ def eval_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
         ("inference.greedy", True),
         ("model.data.test_ds.output_file_path_prefix", predictions_prefix(spec, run_dir)),
         ("model.data.test_ds.write_predictions_to_file", True),
-    ]
+    ] + data_overrides(spec, "test_ds")
 
 
 def predictions_prefix(spec: DictConfig, run_dir: str) -> str:
@@ -107,7 +145,7 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
-    args = _render(packed_train_overrides(spec, run_dir, train_overrides(spec)), spec.backend.extra_overrides)
+    args = _render(packed_train_overrides(spec, run_dir, train_overrides(spec, run_dir)), spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)
     return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
 
@@ -238,22 +276,25 @@ class NemoBackend:
         # NeMo resumes from <exp_dir>/<name> (resume_if_exists): each sweep point gets its own, in its run directory
         return [("exp_manager.exp_dir", str(run_dir / "nemo"))]
 
-    def reader_kwargs(self, cfg: DictConfig) -> Dict[str, Any]:
+    def reader_kwargs(self, cfg: DictConfig, run_dir) -> Dict[str, Any]:
         m = cfg.model
-        return dict(exp_name=cfg.exp_manager.name, nemo_exp_root=cfg.exp_manager.exp_dir,
+        own = nemo_exp_dir(str(run_dir))  # runs rendered before NeMo got a per-run exp_dir wrote to the shared one
+        shared = os.path.join(cfg.exp_manager.exp_dir, cfg.exp_manager.name, "checkpoints")
+        root = cfg.exp_manager.exp_dir if not os.path.isdir(own) and os.path.isdir(shared) else own
+        return dict(exp_name=cfg.exp_manager.name, nemo_exp_root=root,
                     expected_ranks=int(m.tensor_model_parallel_size) * int(m.pipeline_model_parallel_size),
                     mode=cfg.exp_manager.early_stopping_callback_params.mode)
 
     def read_events(self, run_dir):
         from pathlib import Path
 
+        from hpc_ft.track.nemo_checkpoints import slurm_default_logs
         from hpc_ft.track.nemo_log import parse_nemo_log
 
+        logs = [p for p in (Path(run_dir) / "logs" / "job.out", Path(run_dir) / "logs" / "job.err") if p.exists()]
         events = []
-        for name in ("job.out", "job.err"):
-            p = Path(run_dir) / "logs" / name
-            if p.exists():
-                events += parse_nemo_log(p)
+        for p in logs or slurm_default_logs(run_dir):  # hpc-ft's logs, or a tutorial folder's slurm-<jobid>.out
+            events += parse_nemo_log(p)
         return events
 
     def peak_memory_mb(self, run_dir):

@@ -32,6 +32,13 @@ def add_commands(sub) -> None:
     c.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                    help="Hydra overrides, e.g. cluster=nig cluster.partition=gpu container.image=~/nemo_24.03.sif")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--probe", dest="probe", action="store_true", default=True,
+                   help="(the default) submit tiny probe jobs under this profile's rules: what the node finds (the "
+                        "job's interpreter, torch, the container runtime) and, when cluster.nodes > 1, whether "
+                        "cluster.nodes nodes reach the rendezvous host; waits for them to run")
+    c.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="check the profile against Slurm without submitting any job")
+    c.add_argument("--probe-timeout", type=int, default=300, metavar="S", help="seconds to wait for the probe job")
     c.set_defaults(func=cmd_check)
 
     ls = csub.add_parser("list", help="the cluster profiles: shipped ones and the user's/site's own")
@@ -314,7 +321,28 @@ def _check_modules(spec, checks: list[Check]) -> None:
         checks.append(Check("modules", OK, f"module command present; available: {', '.join(mods)}"))
 
 
-def run_checks(spec) -> list[Check]:
+def _check_multinode(spec, part: str | None, probe: bool, probe_timeout: int, checks: list[Check]) -> None:
+    from hpc_ft.commands.cluster_nodes import check_nodes, check_probe
+
+    checks.extend(Check(*t) for t in check_nodes(spec, part))
+    if not probe:
+        checks.append(Check("rendezvous", SKIP, f"--probe submits a {spec.cluster.nodes}-node job that checks the "
+                                                "nodes reach the rendezvous host"))
+    elif checks[-1].status == OK:
+        checks.extend(Check(*t) for t in check_probe(spec, probe_timeout))
+
+
+def _check_node_environment(spec, probe: bool, probe_timeout: int, checks: list[Check]) -> None:
+    from hpc_ft.commands.cluster_probe import check_node_environment
+
+    if not probe:
+        checks.append(Check("node-env", SKIP, "--no-probe: no probe job submitted (interpreter, torch and container "
+                                              "runtime on the node unchecked)"))
+    elif checks[-1].status == OK:
+        checks.extend(Check(*t) for t in check_node_environment(spec, probe_timeout))
+
+
+def run_checks(spec, probe: bool = False, probe_timeout: int = 300) -> list[Check]:
     checks: list[Check] = []
     c = spec.cluster
     from hpc_ft.executors import get_executor
@@ -325,6 +353,12 @@ def run_checks(spec) -> list[Check]:
         part = _check_partition(spec, checks)
         _check_gpus(spec, part, checks)
         _check_test_only(spec, checks)
+        _check_node_environment(spec, probe, probe_timeout, checks)
+        if int(c.nodes) > 1:
+            _check_multinode(spec, part, probe, probe_timeout, checks)
+        elif probe:
+            checks.append(Check("rendezvous", SKIP, f"--probe: cluster.nodes={c.nodes}, so no job of this profile "
+                                                    "spans nodes; nothing to probe"))
     _check_container(spec, checks)
     _check_modules(spec, checks)
     return checks
@@ -338,7 +372,7 @@ def cmd_check(args) -> int:
 
     spec = compose_job(args.overrides)
     c = spec.cluster
-    checks = run_checks(spec)
+    checks = run_checks(spec, probe=args.probe, probe_timeout=args.probe_timeout)
     failed = [ch for ch in checks if ch.status == FAIL]
     if args.json:
         print(json.dumps({"cluster": c.name, "ok": not failed, "checks": [ch.as_dict() for ch in checks]}, indent=2))

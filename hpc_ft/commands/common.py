@@ -95,6 +95,8 @@ def row_from_run_dir(run_dir: Path) -> Dict[str, Any]:
 def print_launch(launch, warnings: List[str], *, dry_run: bool, as_json: bool) -> None:
     for w in warnings + launch.notes:
         print(f"hpc-ft: warning: {w}", file=sys.stderr)
+    for line in getattr(launch, "data_summary", []):
+        print(f"hpc-ft: {line}", file=sys.stderr)
     if as_json:
         print(json.dumps({"run_id": launch.run_id, "run_dir": str(launch.run_dir), "jobs": launch.job_ids,
                           "dry_run": dry_run, "written": launch.written}, indent=2))

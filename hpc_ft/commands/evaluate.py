@@ -31,15 +31,41 @@ def _score(path: str, misses: int, as_json: bool) -> int:
     return 0
 
 
+#: groups an eval of a run may switch (where and in what it runs); the others would change what was trained
+EVAL_GROUPS = ("cluster", "container")
+
+
+def _split_group_overrides(overrides):
+    """(group, option) pairs (`cluster=slurm_local`) and the key=value overrides, for an eval of a run."""
+    from hpc_ft.compose.compose import GROUPS
+
+    groups, dotlist = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in GROUPS:
+            if key not in EVAL_GROUPS:
+                raise UserError(f"{o}: an eval of a run keeps the run's {key}; only "
+                                f"{', '.join(g + '=' for g in EVAL_GROUPS)} and key=value overrides apply.")
+            groups.append((key, value))
+        else:
+            dotlist.append(o)
+    return groups, dotlist
+
+
 def eval_spec_for_run(run_dir: Path, overrides):
     """The training run's resolved config with eval-time overrides; TP/PP must stay the training's."""
-    from hpc_ft.compose.compose import schema_config
+    from hpc_ft.compose.compose import load_group_option, schema_config
     from hpc_ft.compose.checks import check_spec
 
     train = OmegaConf.load(run_dir / "config.yaml")
     spec = OmegaConf.merge(schema_config(), train)
+    groups, dotlist = _split_group_overrides(overrides)
     try:
-        spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(list(overrides)))
+        for group, option in groups:
+            spec = OmegaConf.merge(spec, {group: load_group_option(group, option)})
+        spec = OmegaConf.merge(spec, OmegaConf.from_dotlist(dotlist))
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - shown to the user as a config error
         raise UserError(f"eval overrides: {str(exc).splitlines()[0]}") from None
     check_spec(spec)
@@ -50,6 +76,16 @@ def eval_spec_for_run(run_dir: Path, overrides):
                 f"{train.model[key]} (NeMo asserts it). Drop the override or set model.{key}={train.model[key]}."
             )
     return spec
+
+
+def _check_adapter_named(spec) -> None:
+    """An eval job without --run has no training run of its own: NeMo needs the adapter named."""
+    if spec.backend.name == "nemo" and spec.model.peft.peft_scheme not in (None, "none") \
+            and not spec.model.peft.restore_from_path:
+        raise UserError(
+            "model.peft.restore_from_path: not set, and without --run there is no training run whose adapter to "
+            "load. Evaluate a run with `hpc-ft eval --run RUN`, or set model.peft.restore_from_path=<adapter .nemo>."
+        )
 
 
 def run_eval(args) -> int:
@@ -66,6 +102,7 @@ def run_eval(args) -> int:
                              out=args.out)
     else:
         spec = compose_job(args.overrides)
+        _check_adapter_named(spec)
         launch = launch_eval(spec, None, dry_run=args.dry_run, registry=None if args.dry_run else registry(),
                              out=args.out)
     print_launch(launch, [], dry_run=args.dry_run, as_json=args.json)

@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
 
         return cmd_sweep_train(args)
     spec = compose_job(args.overrides)
-    warnings = preflight(spec, force=args.force)
+    warnings = preflight(spec, force=args.force, overrides=args.overrides)
     if args.out and not args.dry_run:
         raise UserError("--out DIR: only with --dry-run (a real run's folder is exp_manager.exp_dir/<name>/<run_id>).")
     launch = launch_run(spec, args.overrides, dry_run=args.dry_run, with_eval=bool(spec.eval),

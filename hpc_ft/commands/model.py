@@ -258,7 +258,7 @@ def _export_nemo_run(row, spec, out, args) -> int:
 
     m = spec.model
     scheme = m.peft.peft_scheme
-    trained = exp_paths(spec)["peft_nemo"]  # NeMo's final .nemo: the adapter, or the whole model without PEFT
+    trained = exp_paths(spec, row["run_dir"])["peft_nemo"]  # NeMo's final .nemo: the adapter, or the whole model without PEFT
     full = scheme in FULL_SCHEMES
     commands = export_commands(
         trained if full else m.restore_from_path, out, hf_reference_dir=m.hf_path, peft_scheme=None if full else scheme,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from typing import List, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -16,7 +18,7 @@ GPU_REQUESTS = ("gres", "gpus-per-node", "none")
 RECOMPUTE = (None, "selective", "full")
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MEM = re.compile(r"^\d+[KMGTkmgt]?[bB]?$")
+_MEM = re.compile(r"^\d+[KMGTkmgt][bB]?$")  # a bare number is megabytes to Slurm: 32 would be 32 MB
 _SBATCH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 _LINE_BREAK = re.compile(r"[\r\n]")
 
@@ -45,7 +47,12 @@ def check_spec(spec: DictConfig) -> None:
     for key in ("mem_per_cpu", "mem"):
         v = c[key]
         if v is not None and not _MEM.match(str(v)):
-            raise UserError(f"cluster.{key}={v}: not a Slurm memory size. Use e.g. 32g or 4000M.")
+            if str(v).isdigit():
+                raise UserError(
+                    f"cluster.{key}={v}: no unit, and Slurm reads a bare number as megabytes ({v} MB). "
+                    f"Give the unit: cluster.{key}={v}G (or {v}M if megabytes are meant)."
+                )
+            raise UserError(f"cluster.{key}={v}: not a Slurm memory size. Use e.g. 32G or 4000M.")
     _at_least("cluster.nodes", c.nodes, 1)
     _at_least("cluster.cpus_per_task", c.cpus_per_task, 1)
     _at_least("cluster.gpu.per_node", c.gpu.per_node, 0)
@@ -56,6 +63,11 @@ def check_spec(spec: DictConfig) -> None:
     _at_least("trainer.num_nodes", t.num_nodes, 1)
     _at_least("trainer.max_steps", t.max_steps, 1)
     _at_least("trainer.log_every_n_steps", t.log_every_n_steps, 1)
+    if t.gradient_clip_val is not None and t.gradient_clip_val < 0:
+        raise UserError(
+            f"trainer.gradient_clip_val={t.gradient_clip_val}: must be >= 0 (the largest gradient norm; "
+            "0 turns clipping off). Set e.g. trainer.gradient_clip_val=1.0."
+        )
     v = t.val_check_interval
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UserError(
@@ -146,3 +158,49 @@ def _check_sbatch_lines(spec: DictConfig) -> None:
         if not _SBATCH_OPTION.match(str(k)):
             raise UserError(f"cluster.sbatch_extra: '{k}' is not an sbatch option name (e.g. constraint, reservation).")
         _no_line_break(f"cluster.sbatch_extra.{k}", v)
+
+
+def job_warnings(spec: DictConfig) -> List[str]:
+    """Things that run but are probably not what the user meant (printed, the job is still submitted)."""
+    out: List[str] = []
+    t = spec.trainer
+    steps = int(spec.sweep.steps or t.max_steps)
+    v = t.val_check_interval
+    if isinstance(v, int) and not isinstance(v, bool) and steps < v:
+        out.append(
+            f"trainer.max_steps={steps} is below trainer.val_check_interval={v}: the run never validates, "
+            f"so no checkpoint is kept and early stopping never acts. Set trainer.val_check_interval<={steps}."
+        )
+    return out
+
+
+def _set_on_command_line(key: str, overrides: Sequence[str]) -> bool:
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+def check_model_path(spec: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """`model.hf_path` must hold a model (config.json), unless a tiny model is to be built there.
+
+    Building is only for `model.build=tiny`: set on the command line, or the model preset's own default
+    at the preset's own path. A path the user typed that holds no model is a typo, not a build request.
+    """
+    m = spec.model
+    if spec.backend.name != "hf" or m.build != "tiny" or not m.hf_path:
+        return
+    if os.path.isfile(os.path.join(m.hf_path, "config.json")):
+        return
+    if _set_on_command_line("model.hf_path", overrides) and not _set_on_command_line("model.build", overrides):
+        raise UserError(
+            f"model.hf_path={m.hf_path}: no model there (no config.json). Fix the path, or add model.build=tiny "
+            "to build a small random model there on purpose."
+        )
+
+
+def check_against_model(spec: DictConfig, max_positions: Optional[int]) -> None:
+    """Limits that come from the model's own config.json."""
+    length = spec.model.data.train_ds.max_seq_length
+    if max_positions and length > max_positions:
+        raise UserError(
+            f"model.data.train_ds.max_seq_length={length}: longer than the model's max_position_embeddings "
+            f"{max_positions}. Set model.data.train_ds.max_seq_length={max_positions} or less."
+        )

@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from hpc_ft.compose.schema import JobSpec
 from hpc_ft.errors import UserError, did_you_mean
 
-GROUPS = ("cluster", "container", "backend", "model", "peft", "data", "experiment")
+GROUPS = ("cluster", "container", "backend", "model", "peft", "data", "template", "experiment")
 USER_CONF_ENV = "HPC_FT_CONF_DIR"
 
 
@@ -45,6 +45,20 @@ def group_options(group: str) -> List[str]:
         if root and (root / group).is_dir():
             names.update(p.stem for p in (root / group).glob("*.yaml"))
     return sorted(names)
+
+
+def load_group_option(group: str, option: str) -> DictConfig:
+    """One option of a config group (`cluster=nig` -> conf/cluster/nig.yaml; the user's tree first), as the
+    mapping that goes under the group's key. Refused naming the options when there is no such file."""
+    for root in (user_conf_dir(), conf_dir()):
+        path = root / group / f"{option}.yaml" if root else None
+        if path is not None and path.is_file():
+            return OmegaConf.load(path)
+    options = _group_options(group)
+    raise UserError(
+        f"{group}={option}: no such option in group '{group}'.{did_you_mean(option, options)} "
+        f"Available: {', '.join(options) or '(none)'}."
+    )
 
 
 def _schema_keys(node) -> List[str]:
@@ -85,8 +99,84 @@ def normalise_overrides(overrides: Sequence[str]) -> List[str]:
     return out
 
 
+#: leaf names people type for a key that has another name here (NeMo's), checked before did-you-mean
+KEY_SYNONYMS = {
+    "learning_rate": "lr",
+    "lr_rate": "lr",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "global_batch_size",
+    "epochs": "max_epochs",
+    "num_train_epochs": "max_epochs",
+    "steps": "max_steps",
+    "gpus": "devices",
+    "max_length": "max_seq_length",
+    "seq_length": "max_seq_length",
+    "tp": "tensor_model_parallel_size",
+    "pp": "pipeline_model_parallel_size",
+}
+
+
+def suggest_key(key: str) -> str:
+    """' Did you mean X?' for an unknown dotted key: a known synonym of its last part, else the closest key."""
+    parent, _, leaf = key.rpartition(".")
+    keys = _schema_keys(schema_config())
+    synonym = KEY_SYNONYMS.get(leaf.lower())
+    if synonym:
+        candidates = [k for k in keys if k.rpartition(".")[2] == synonym]
+        same_parent = [k for k in candidates if k.rpartition(".")[0] == parent]
+        if same_parent or candidates:
+            return f" Did you mean '{(same_parent or candidates)[0]}'?"
+    hint = did_you_mean(key, keys)
+    if not hint and parent:
+        siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+        hint = did_you_mean(key, siblings)
+    return hint
+
+
+def _unknown_key(key: str) -> UserError:
+    return UserError(
+        f"{key}: unknown key.{suggest_key(key)} "
+        "Check the spelling against docs/user-guide.md (every key is listed there)."
+    )
+
+
+_NEEDS_QUOTES = re.compile(r"[\s()#=,:\[\]{}'\"\\]|[^\x00-\x7f]")
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a single-quoted Hydra string (a quote or a trailing backslash escaped)."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
+    return "'" + out + "'"
+
+
+def _syntax_error(bad: str, msg: str) -> UserError:
+    """A syntax error in one override; when quoting the value fixes it, the message shows the quoted form."""
+    key, eq, value = bad.partition("=")
+    if eq and value and value[0] not in "[{'\"" and _NEEDS_QUOTES.search(value):
+        quoted = f"{key}={hydra_quoted(value)}"
+        if _first_unparsable([quoted]) is None:
+            why = ("a space, parenthesis or non-ASCII character" if re.search(r"[\s()]|[^\x00-\x7f]", value)
+                   else "a character Hydra reads as syntax")
+            shell = "" if re.search(r"[$`\"\\!]", quoted) else f" (in the shell: \"{quoted}\")"
+            return UserError(
+                f"override '{bad}': syntax error: the value has {why}, so Hydra needs it quoted. "
+                f"Write {quoted}{shell}."
+            )
+    return UserError(f"override '{bad}': syntax error ({msg}). Use key=value, e.g. trainer.max_steps=100.")
+
+
 def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = re.search(r"Ambiguous value for argument '([^']+)'", str(exc))
+    if m:
+        bad = m.group(1)
+        key, _, value = bad.partition("=")
+        return UserError(
+            f"{bad}: several values for {key.lstrip('+')} without -m: use -m to sweep (hpc-ft train -m {bad}); "
+            f"for a list value write {key}=[{value}]."
+        )
     m = re.search(r"Could not (?:find|load) '([\w\-/]+)/([\w\-.]+)'", str(exc))
     if m:
         group, option = m.group(1), m.group(2)
@@ -104,17 +194,14 @@ def _explain_hydra_error(exc: Exception, overrides: Sequence[str]) -> UserError:
                 f"{key}: {parent} has no entry '{key.rpartition('.')[2]}' yet; add one with a leading '+': "
                 f"+{key}=VALUE"
             )
-        return UserError(
-            f"{key}: unknown key.{did_you_mean(key, _schema_keys(schema_config()))} "
-            "Check the spelling against docs/user-guide.md (every key is listed there)."
-        )
+        return _unknown_key(key)
     if type(exc).__name__ == "OverrideParseException":
         bad = _first_unparsable(overrides)
         if bad is not None:
-            return UserError(f"override '{bad}': syntax error ({msg}). Use key=value, e.g. trainer.max_steps=100.")
+            return _syntax_error(bad, msg)
     m = re.search(r"Error parsing override '([^']+)'", str(exc))
     if m:
-        return UserError(f"override '{m.group(1)}': syntax error ({msg}). Use key=value, e.g. trainer.max_steps=100.")
+        return _syntax_error(m.group(1), msg)
     return UserError(f"config: {msg}")
 
 
@@ -253,10 +340,7 @@ def to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
         spec = OmegaConf.merge(schema_config(), cfg)
     except ConfigKeyError as exc:
         key = getattr(exc, "full_key", None) or str(exc)
-        raise UserError(
-            f"{key}: unknown key.{did_you_mean(str(key), _schema_keys(schema_config()))} "
-            "Check the spelling against docs/user-guide.md (every key is listed there)."
-        ) from None
+        raise _unknown_key(str(key)) from None
     except ValidationError as exc:
         key = getattr(exc, "full_key", "") or "config"
         raise UserError(f"{key}: {first_line(exc)}. {_type_fix(key)}") from None

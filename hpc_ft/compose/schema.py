@@ -122,6 +122,10 @@ class TrainDsConf:
     concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 2048
     num_workers: int = 0
+    # NeMo's template syntax, fields in braces, the answer (label_key) last; applies to every split.
+    # null: the format's default (NeMo's "{input} {output}"; alpaca's; the tokenizer's chat template for chat rows)
+    prompt_template: Optional[str] = None
+    label_key: str = "output"
     packed_sequence: bool = False  # several rows per sequence of max_seq_length (nemo: a packing job first)
 
 
@@ -168,6 +172,7 @@ class ModelConf:
     sequence_parallel: bool = False
     activations_checkpoint_granularity: Optional[str] = None  # null | selective | full
     seed: int = 1234
+    answer_only_loss: bool = True        # NeMo's key: the loss on the answer (assistant turns) only
     optim: OptimConf = field(default_factory=OptimConf)
     peft: PeftConf = field(default_factory=PeftConf)
     data: ModelDataConf = field(default_factory=ModelDataConf)
@@ -206,12 +211,17 @@ class SyntheticDataConf:
 @dataclass
 class DataConf:
     name: str = MISSING
+    preparer: str = "jcommonsenseqa"      # what writes data.dir from data.source: jcommonsenseqa | alpaca
     source: Optional[str] = None          # a JGLUE checkout, "synthetic", or null (already prepared)
     seq_len: int = 256                    # padded tokens per sample, for the planner's activation estimate
     seed: int = 42
     n_valid: int = 1000
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
     dir: str = MISSING
+    format: str = "auto"                  # auto | nemo | alpaca | chat | sharegpt | columns (hpc_ft.data.formats)
+    columns: Dict[str, str] = field(default_factory=dict)   # template field -> column of the rows
+    prompt_template_no_input: Optional[str] = None  # the template for rows whose `input` is empty
+    chat_template: bool = False           # render with the tokenizer's own chat template (template=chat)
     train_file: str = MISSING
     validation_file: str = MISSING
     test_file: str = MISSING

@@ -66,6 +66,24 @@ def partition_gres(name: str) -> Tuple[int, str, str]:
     return call(["sinfo", "-h", "-p", name, "-N", "-o", "%N %G"], timeout=CHECK_TIMEOUT_S, retries=1)
 
 
+def partition_node_states(name: str) -> Tuple[int, str, str]:
+    """`sinfo -p NAME -N -o '%N %T'`: each node of the partition and its state (multi-node cluster check)."""
+    return call(["sinfo", "-h", "-p", name, "-N", "-o", "%N %T"], timeout=CHECK_TIMEOUT_S, retries=1)
+
+
+def submit_and_wait(script_path: Path, timeout: float) -> Tuple[int, str, str]:
+    """`sbatch --parsable --wait SCRIPT` from its folder: the job's exit code once it ended (cluster check's probe job);
+    124 when it did not end within `timeout` s."""
+    try:
+        proc = subprocess.run(["sbatch", "--parsable", "--wait", str(script_path)], capture_output=True, text=True,
+                              timeout=timeout, cwd=script_path.parent)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"no end within {timeout:g} s"
+    except OSError as exc:
+        return 127, "", f"sbatch: {exc.strerror or exc}"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def run_command(argv: List[str], timeout: float = CLIENT_TIMEOUT_S) -> Optional[str]:
     """stdout of a Slurm client command that succeeded, else None (not installed, failed, no answer)."""
     if shutil.which(argv[0]) is None:

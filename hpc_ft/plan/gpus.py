@@ -71,7 +71,7 @@ GPUS: Mapping[str, Gpu] = MappingProxyType(
                 compute_capability=(7, 0),
                 peak_tflops=_tflops(fp16=125.0, bf16=None, fp32=15.7),
                 cuda_context_gib=0.40,
-                aliases=("v100", "v100-sxm2-16gb", "tesla-v100-16gb"),
+                aliases=("v100-sxm2-16gb", "tesla-v100-16gb"),
             ),
             Gpu(
                 name="V100-32GB",
@@ -101,7 +101,7 @@ GPUS: Mapping[str, Gpu] = MappingProxyType(
                 compute_capability=(8, 0),
                 peak_tflops=_tflops(fp16=312.0, bf16=312.0, fp32=19.5, tf32=156.0),
                 cuda_context_gib=0.50,
-                aliases=("a100", "a100-sxm4-80gb", "a100-pcie-80gb"),
+                aliases=("a100-sxm4-80gb", "a100-pcie-80gb"),
             ),
             Gpu(
                 name="H100-80GB",
@@ -140,6 +140,14 @@ _BY_KEY: Mapping[str, str] = MappingProxyType(
 )
 
 
+#: names sold in more than one memory size: the planner cannot guess which one a node has
+AMBIGUOUS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "a100": ("A100-40GB", "A100-80GB"),
+    "v100": ("V100-16GB", "V100-32GB"),
+    "teslav100": ("V100-16GB", "V100-32GB"),
+})
+
+
 def host_memory_gib() -> float:
     """Physical memory of this host in GiB (0.0 where the OS does not say)."""
     try:
@@ -148,12 +156,19 @@ def host_memory_gib() -> float:
         return 0.0
 
 
-def get_gpu(name: str, *, cpu_memory_gib: float | None = None, key: str = "cluster.gpu") -> Gpu:
+def get_gpu(name: str, *, cpu_memory_gib: float | None = None, key: str = "cluster.gpu.model") -> Gpu:
     """Look a GPU up by name, case- and punctuation-insensitively ('v100-16gb', 'V100_16GB').
 
     ``cpu`` gets ``cpu_memory_gib`` when given, else the host's physical memory.
-    Unknown names raise :class:`UserError` naming ``key`` and the closest known name.
+    Unknown names raise :class:`UserError` naming ``key`` and the closest known name; a name sold in
+    two memory sizes ('A100', 'V100') is refused naming both.
     """
+    sizes = AMBIGUOUS.get(_normalise(str(name)))
+    if sizes:
+        raise UserError(
+            f"{key}={name}: ambiguous, it comes in {' and '.join(sizes)}. "
+            f"Name the size your nodes have: {key}={sizes[0]} or {key}={sizes[-1]}."
+        )
     canonical = _BY_KEY.get(_normalise(str(name)))
     if canonical is None:
         names = list(GPUS)

@@ -3,13 +3,16 @@
 The JSON is a documented interface (``SCHEMA``): keys always present, in this order, GiB rounded
 to 3 decimals, alternatives in ranked order::
 
-    schema, ok, fits, per_gpu_gib, capacity_gib, headroom_gib, margin_gib, headroom_fraction,
+    schema, ok, fits, memory_fits, per_gpu_gib, capacity_gib, headroom_gib, margin_gib, headroom_fraction,
     device, backend, model, stage, layout{tp,pp,dp,mbs,gbs,micro_batches,world_size,seq_len,packed_sequence},
     breakdown{weights,weight_copies,trainable_params,gradients,optimizer_states,activations,
               logits,framework},
     reason, notes[], violations[{severity,key,value,rule,fix}], warnings[...same],
-    alternatives[{tp,pp,mbs,dp,ok,fits,per_gpu_gib,reason}], best{...,overrides}|null,
+    alternatives[{tp,pp,mbs,dp,ok,fits,memory_fits,per_gpu_gib,reason}], best{...,overrides}|null,
     levers[{overrides,ok,per_gpu_gib,why}]
+
+``fits`` is false whenever a rule error stands (a job that breaks a rule fits nowhere);
+``memory_fits`` is the memory model's verdict alone.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _alt_dict(alt: Alternative) -> dict:
         "mbs": alt.mbs,
         "dp": alt.dp,
         "ok": alt.ok,
-        "fits": alt.fits,
+        "fits": alt.ok,
+        "memory_fits": alt.fits,
         "per_gpu_gib": _r(alt.per_gpu_gib),
         "reason": alt.reason,
     }
@@ -50,6 +54,7 @@ def to_dict(result: PlanResult) -> dict:
         "schema": SCHEMA,
         "ok": result.ok,
         "fits": result.fits,
+        "memory_fits": result.memory_fits,
         "per_gpu_gib": _r(result.per_gpu_gib),
         "capacity_gib": _r(result.capacity_gib),
         "headroom_gib": _r(result.headroom_gib),
@@ -136,13 +141,20 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
         lines.append(f"  {'-' * width}  {'-' * 8}")
         lines.append(f"  {'total':<{width}}  {est.per_gpu_gib:8.2f}  of {est.capacity_gib:.2f}")
         lines.append("")
-        if est.fits:
+        if result.violations:
+            n = len(result.violations)
+            memory = (f"memory alone would fit ({est.headroom_gib:.2f} GiB free {unit})" if est.fits
+                      else f"memory does not fit either: {est.reason}")
+            lines.append(f"Verdict: REFUSED - {n} rule error{'s' if n > 1 else ''} (below); {memory}")
+        elif est.fits:
             lines.append(
                 f"Verdict: FITS - {est.headroom_gib:.2f} GiB free {unit} "
                 f"(safety margin {req.headroom:.0%} = {est.margin_gib:.2f} GiB)"
             )
         else:
             lines.append(f"Verdict: DOES NOT FIT - {est.reason}")
+    elif result.violations:
+        lines.append("Verdict: REFUSED - invalid request (errors below)")
     else:
         lines.append("Verdict: no estimate (invalid request)")
     if result.violations:

@@ -22,8 +22,10 @@ class PlanResult:
       (empty when the search was not asked for).
     * ``levers``: one-step changes, evaluated, offered when the request does not fit.
 
-    Derived: ``fits`` (memory verdict), ``ok`` (fits and no rule error), ``per_gpu_gib``,
-    ``capacity_gib``, ``headroom_gib``, ``breakdown``, ``reason``, ``best``.
+    Derived: ``memory_fits`` (the memory model's verdict alone), ``fits`` (the job can be placed:
+    memory fits and no rule error stands, so a verdict never says FITS above a list of errors),
+    ``ok`` (the same as ``fits``), ``per_gpu_gib``, ``capacity_gib``, ``headroom_gib``,
+    ``breakdown``, ``reason``, ``best``.
     """
 
     request: PlanRequest
@@ -35,14 +37,19 @@ class PlanResult:
     levers: tuple[Lever, ...] = ()
 
     @property
-    def fits(self) -> bool:
-        """The memory verdict: the estimate fits in the device after the safety margin."""
+    def memory_fits(self) -> bool:
+        """The memory verdict alone: the estimate fits in the device after the safety margin."""
         return bool(self.estimate and self.estimate.fits)
+
+    @property
+    def fits(self) -> bool:
+        """The job fits: in memory, and no rule error stands (a job that breaks a rule fits nowhere)."""
+        return self.memory_fits and not self.violations
 
     @property
     def ok(self) -> bool:
         """Safe to submit: fits in memory and breaks no rule (warnings allowed)."""
-        return self.fits and not self.violations
+        return self.fits
 
     @property
     def per_gpu_gib(self) -> float:

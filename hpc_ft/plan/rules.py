@@ -31,7 +31,7 @@ from hpc_ft.plan.request import (
 #: The override keys the messages use (NeMo's names), one source of truth for the planner.
 KEYS = {
     "backend": "backend",
-    "gpu": "cluster.gpu",
+    "gpu": "cluster.gpu.model",
     "devices": "trainer.devices",
     "num_nodes": "trainer.num_nodes",
     "tp": "model.tensor_model_parallel_size",
@@ -49,10 +49,10 @@ KEYS = {
     "optimizer": "model.optim.name",
     "sequence_parallel": "model.sequence_parallel",
     "recompute": "model.activations_checkpoint_granularity",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "quantization": "quantization",
+    "gradient_checkpointing": "model.activations_checkpoint_granularity",
+    "quantization": "peft",
     "hf_attention": "attn_implementation",
-    "flash_attention": "NVTE_FLASH_ATTN",
+    "flash_attention": "backend.env.NVTE_FLASH_ATTN",
     "hf_weights_dtype": "hf_weights_dtype",
     "headroom": "plan.headroom",
 }
@@ -155,28 +155,45 @@ def check_devices(req: PlanRequest, gpu: Gpu) -> list[Violation]:
     return []
 
 
+def tp_choices(req: PlanRequest, pp: int | None = None) -> list[int]:
+    """TP values that work for this model and job: divide the attention and KV heads, stay inside one
+    node (at most the GPUs a node gives the job) and, with PP, divide the world size."""
+    a, pp = req.arch, req.pp if pp is None else pp
+    per_node = max(1, min(req.devices, req.gpus_per_node) if req.gpus_per_node else req.devices)
+    ws = max(1, req.world_size)
+    return [
+        d for d in range(1, per_node + 1)
+        if a.heads % d == 0 and a.kv_heads % d == 0 and ws % (d * max(1, pp)) == 0
+    ]
+
+
+def pp_choices(req: PlanRequest, tp: int | None = None) -> list[int]:
+    """PP values that work for this model and job: divide the layer count and, with TP, the world size."""
+    tp = req.tp if tp is None else tp
+    ws = max(1, req.world_size)
+    return [d for d in _divisors(req.arch.num_layers) if ws % (max(1, tp) * d) == 0]
+
+
+def _choices(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def check_world_size(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
-    """world_size (devices x nodes) must be divisible by TP x PP."""
+    """world_size (devices x nodes) must be divisible by TP x PP; the message blames the factor that breaks it."""
     ws, tp, pp = req.world_size, req.tp, req.pp
     if tp < 1 or pp < 1 or ws % (tp * pp) == 0:
         return []
-    a = req.arch
-    tps = [
-        d for d in _divisors(ws)
-        if d <= req.gpus_per_node and (ws // d) % pp == 0 and a.heads % d == 0 and a.kv_heads % d == 0
-    ]
-    fix = f"set trainer.devices x trainer.num_nodes to a multiple of {tp * pp}"
-    if tps:
-        fix = (
-            f"with trainer.devices={req.devices} trainer.num_nodes={req.num_nodes} use "
-            f"model.tensor_model_parallel_size in {{{','.join(map(str, tps))}}}, or {fix}"
-        )
-    return [_err(
-        "tp", tp,
-        f"world_size: {ws} must be divisible by tensor_model_parallel_size: {tp} times "
-        f"pipeline_model_parallel_size {pp}",
-        fix,
-    )]
+    rule = (f"world_size: {ws} must be divisible by tensor_model_parallel_size: {tp} times "
+            f"pipeline_model_parallel_size {pp}")
+    grow = f"or set trainer.devices x trainer.num_nodes to a multiple of {tp * pp}"
+    if ws % pp:  # PP alone does not divide the GPUs: it is PP's fault, whatever TP is
+        pps = pp_choices(req, tp=1)
+        return [_err("pp", pp, rule, f"with trainer.devices={req.devices} trainer.num_nodes={req.num_nodes} use "
+                     f"{KEYS['pp']} in {_choices(pps)}, {grow}")]
+    tps = tp_choices(req)
+    fix = f"with trainer.devices={req.devices} trainer.num_nodes={req.num_nodes} use {KEYS['tp']} in {_choices(tps)}, {grow}" \
+        if tps else grow.removeprefix("or ")
+    return [_err("tp", tp, rule, fix)]
 
 
 def check_batch(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
@@ -199,22 +216,17 @@ def check_batch(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
 
 
 def check_heads(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
-    """Attention heads and KV heads (num_query_groups) must be divisible by TP."""
+    """Attention heads and KV heads (num_query_groups) must be divisible by TP; the fix offers only TP
+    values that also fit the node and the job."""
     a, tp = req.arch, req.tp
     if tp < 1:
         return []
     out = []
-    ok = [d for d in _divisors(a.kv_heads) if a.heads % d == 0]
+    fix = f"{KEYS['tp']} in {_choices(tp_choices(req))}"
     if a.heads % tp:
-        out.append(_err(
-            "tp", tp, f"num_attention_heads {a.heads} is not divisible by {tp}",
-            f"model.tensor_model_parallel_size in {{{','.join(map(str, ok))}}}",
-        ))
+        out.append(_err("tp", tp, f"num_attention_heads {a.heads} is not divisible by {tp}", fix))
     elif a.kv_heads % tp:
-        out.append(_err(
-            "tp", tp, f"num_query_groups (KV heads) {a.kv_heads} is not divisible by {tp}",
-            f"model.tensor_model_parallel_size in {{{','.join(map(str, ok))}}}",
-        ))
+        out.append(_err("tp", tp, f"num_query_groups (KV heads) {a.kv_heads} is not divisible by {tp}", fix))
     return out
 
 
@@ -222,11 +234,15 @@ def check_pipeline(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
     """Megatron needs num_layers divisible by PP; PEFT refuses virtual pipeline."""
     out = []
     L = req.arch.num_layers
-    if req.pp >= 1 and L % req.pp:
-        ok = [d for d in _divisors(L) if d <= req.world_size]
+    fix = f"{KEYS['pp']} in {_choices(pp_choices(req))}"
+    if req.pp > L:
         out.append(_err(
-            "pp", req.pp, f"num_layers {L} must be divisible by pipeline_model_parallel_size {req.pp}",
-            f"model.pipeline_model_parallel_size in {{{','.join(map(str, ok))}}}",
+            "pp", req.pp, f"pipeline_model_parallel_size {req.pp} is larger than the model's {L} layers "
+            "(every pipeline stage needs at least one layer)", fix,
+        ))
+    elif req.pp >= 1 and L % req.pp:
+        out.append(_err(
+            "pp", req.pp, f"num_layers {L} must be divisible by pipeline_model_parallel_size {req.pp}", fix,
         ))
     if req.virtual_pipeline and req.peft != "none":
         out.append(_err(
@@ -238,15 +254,21 @@ def check_pipeline(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
 
 
 def check_tp_within_node(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
-    """TP crosses nodes when it exceeds the GPUs per node: legal but slow (a warning)."""
+    """The multi-node layout: tensor parallel stays inside a node, data (or pipeline) parallel goes across nodes.
+
+    TP all-reduces activations in every layer, forward and backward; inside a node that traffic stays on
+    NVLink/PCIe, across nodes it crosses the network, which is many times slower. Refused (an error: the
+    job is not submitted unless --force) when TP is larger than a node's share of the job.
+    """
     per_node = min(req.devices, req.gpus_per_node)
     if req.tp > per_node and req.num_nodes > 1:
-        return [_warn(
+        return [_err(
             "tp", req.tp,
-            f"tensor parallel {req.tp} spans nodes ({per_node} GPUs per node): every layer "
-            "all-reduces over the inter-node network",
-            f"keep model.tensor_model_parallel_size <= {per_node} and use "
-            "model.pipeline_model_parallel_size across nodes",
+            f"tensor parallel {req.tp} spans nodes ({per_node} GPUs per node x {req.num_nodes} nodes): every "
+            "layer all-reduces its activations over the inter-node network, many times slower than inside "
+            "a node",
+            f"keep model.tensor_model_parallel_size <= {per_node} (TP inside a node) and let data parallel (or "
+            f"model.pipeline_model_parallel_size) span the {req.num_nodes} nodes; --force submits it anyway",
         )]
     return []
 
@@ -301,18 +323,12 @@ def check_backend(req: PlanRequest, gpu: Gpu) -> list[Violation]:
         if gpu.is_cpu:
             out.append(_err(
                 "gpu", "cpu", "the nemo backend needs NVIDIA GPUs (Megatron/TransformerEngine)",
-                "pick a GPU partition (cluster.gpu=V100-16GB, ...) or backend=hf for a CPU run",
+                "pick a GPU partition (cluster.gpu.model=V100-16GB, ...) or backend=hf for a CPU run",
             ))
         if req.quantization:
             out.append(_err(
-                "quantization", req.quantization, "4-bit quantisation is an hf-backend (bitsandbytes) feature",
-                "remove quantization, or use backend=hf",
-            ))
-        if req.gradient_checkpointing:
-            out.append(_warn(
-                "gradient_checkpointing", True, "has no effect on the nemo backend",
-                "model.activations_checkpoint_granularity=full "
-                "model.activations_checkpoint_method=uniform model.activations_checkpoint_num_layers=1",
+                "quantization", "qlora", "4-bit quantisation (QLoRA) is an hf-backend (bitsandbytes) feature",
+                "peft=lora, or backend=hf",
             ))
     if req.backend == "hf":
         if req.tp > 1 or req.pp > 1:
@@ -327,21 +343,17 @@ def check_backend(req: PlanRequest, gpu: Gpu) -> list[Violation]:
                 "peft_scheme", req.peft, f"the hf backend supports {', '.join(HF_PEFT_SCHEMES)}",
                 "model.peft.peft_scheme=lora, or backend=nemo",
             ))
-        if req.recompute:
-            out.append(_warn(
-                "recompute", req.recompute, "has no effect on the hf backend",
-                "gradient_checkpointing=true",
-            ))
         if req.quantization == "4bit":
             if req.peft == "none":
                 out.append(_err(
-                    "quantization", "4bit", "4-bit weights cannot be trained directly (QLoRA trains adapters)",
-                    "model.peft.peft_scheme=lora, or remove quantization",
+                    "quantization", "qlora", "4-bit weights cannot be trained directly (QLoRA trains adapters)",
+                    "peft=qlora trains LoRA adapters: keep model.peft.peft_scheme=qlora, or use peft=lora",
                 ))
             if gpu.is_cpu:
-                out.append(_warn(
-                    "quantization", "4bit", "4-bit on CPU depends on the bitsandbytes CPU backend and is slow",
-                    "remove quantization for CPU runs",
+                out.append(_err(
+                    "quantization", "qlora",
+                    f"QLoRA's 4-bit weights (bitsandbytes) need an NVIDIA GPU; cluster.gpu.model={gpu.name} has none",
+                    "peft=lora (16/32-bit base weights), or a cluster with GPUs (e.g. cluster=nig)",
                 ))
         if req.hf_attention == "flash_attention_2" and not gpu.flash_attention:
             out.append(_err(
@@ -383,7 +395,7 @@ def check_sequence(req: PlanRequest, gpu: Gpu) -> list[Violation]:
     """Sequence length beyond the model's positions; flash attention asked for on pre-sm80."""
     out = []
     if req.seq_len > req.arch.max_positions:
-        out.append(_warn(
+        out.append(_err(
             "seq_len", req.seq_len,
             f"longer than the model's max_position_embeddings {req.arch.max_positions}",
             f"model.data.train_ds.max_seq_length={req.arch.max_positions}",
@@ -442,10 +454,10 @@ def check_family(req: PlanRequest, gpu: Gpu | None = None) -> list[Violation]:
 ALL_RULES = (
     check_family,
     check_devices,
+    check_pipeline,  # before the world size: PP beyond the layer count is named as such
     check_world_size,
     check_batch,
     check_heads,
-    check_pipeline,
     check_tp_within_node,
     check_sequence_parallel,
     check_precision,

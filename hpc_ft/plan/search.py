@@ -18,8 +18,9 @@ Ranking (best first):
 Not-runnable layouts follow, memory failures (closest to fitting first) before rule errors.
 
 :func:`levers` answers "what would make this request fit?" with a few one-step changes
-(recompute, O2 + bf16, more GPUs of the node, 4-bit weights or gradient checkpointing on
-hf), each with its best layout (the layout search already covers smaller micro-batches).
+(recompute, O2 + bf16, more GPUs of the node, QLoRA or gradient checkpointing on hf), each as
+overrides of real job keys, with its best layout (the layout search already covers smaller
+micro-batches).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _LAYOUT_RULES = (
     rules.check_heads,
     rules.check_pipeline,
     rules.check_backend,
+    rules.check_tp_within_node,
 )
 
 
@@ -111,13 +113,14 @@ def evaluate(req: PlanRequest, gpu: Gpu, fixed: list[rules.Violation] | None = N
 def candidate_layouts(req: PlanRequest) -> list[tuple[int, int, int]]:
     """(TP, PP, MBS) triples worth trying for the request's world size and global batch."""
     ws = max(1, req.world_size)
+    a = req.arch
     if req.backend == "hf":
         tps = [1]
-    else:
-        tps = _divisors(ws)
+    else:  # only TP values the model's heads allow and PP values its layers allow: nothing broken is offered
+        tps = [t for t in _divisors(ws) if a.heads % t == 0 and a.kv_heads % t == 0]
     out = []
     for tp in tps:
-        pps = [1] if req.backend == "hf" else [p for p in _divisors(ws // tp) if p <= req.arch.num_layers]
+        pps = [1] if req.backend == "hf" else [p for p in _divisors(ws // tp) if a.num_layers % p == 0]
         for pp in pps:
             dp = ws // (tp * pp)
             if req.gbs % dp == 0:
@@ -153,13 +156,15 @@ def _best(req: PlanRequest, gpu: Gpu) -> Alternative | None:
 
 
 def levers(req: PlanRequest, gpu: Gpu) -> list[Lever]:
-    """One-step changes that could make the request fit; each evaluated with its best layout."""
+    """One-step changes that could make the request fit; each evaluated with its best layout.
+
+    Every lever is a set of overrides of keys the job config has (they compose with the user's own)."""
     trials: list[tuple[str, PlanRequest, str]] = []
+    recompute_key = rules.KEYS["recompute"]
     if req.backend == "nemo":
         if req.recompute != "full":
             trials.append((
-                "model.activations_checkpoint_granularity=full model.activations_checkpoint_method=uniform "
-                "model.activations_checkpoint_num_layers=1",
+                f"{recompute_key}=full",
                 req.with_(recompute="full"),
                 "recompute every layer in backward: activations shrink to one layer's input each",
             ))
@@ -167,20 +172,20 @@ def levers(req: PlanRequest, gpu: Gpu) -> list[Lever]:
         if not req.megatron_amp_O2 and (dtype == "bf16" or gpu.bf16):
             note = "" if gpu.bf16 else " (bf16 is emulated on this GPU: slower)"
             trials.append((
-                "trainer.precision=bf16 model.megatron_amp_O2=True",
+                f"{rules.KEYS['precision']}=bf16 {rules.KEYS['o2']}=True",
                 req.with_(precision="bf16", megatron_amp_O2=True),
                 "16-bit weights instead of fp32 and no extra 16-bit copies" + note,
             ))
     else:
         if not req.gradient_checkpointing:
             trials.append((
-                f"{rules.KEYS['gradient_checkpointing']}=true",
+                f"{recompute_key}=full",
                 req.with_(gradient_checkpointing=True),
-                "recompute layers in backward: keep only each layer's input",
+                "gradient checkpointing: recompute layers in backward, keep only each layer's input",
             ))
-        if req.quantization is None and req.peft != "none" and not gpu.is_cpu:
+        if req.quantization is None and req.peft == "lora" and not gpu.is_cpu:
             trials.append((
-                f"{rules.KEYS['quantization']}=4bit",
+                f"{rules.KEYS['quantization']}=qlora",
                 req.with_(quantization="4bit"),
                 "QLoRA: 4-bit base weights",
             ))

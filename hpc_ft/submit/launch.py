@@ -46,32 +46,23 @@ def timeout_minutes(value: str) -> float:
 
 
 def ensure_data(spec: DictConfig, dry_run: bool, notes: List[str]) -> Dict[str, Optional[str]]:
-    """Make sure the prepared jsonl files exist; prepare them from data.source when they do not."""
-    d = spec.data
-    files = [d.train_file, d.validation_file, d.test_file]
-    if not all(os.path.isfile(f) for f in files):
+    """Prepare the data preset's files from data.source when the job names them (file_names) and they are missing."""
+    from hpc_ft.data.sources import preset_files_to_prepare
+
+    missing = preset_files_to_prepare(spec)
+    if missing:
         if dry_run:
-            notes.append(f"data: {d.dir} is not prepared yet (a real submit prepares it from data.source={d.source})")
+            notes.append(f"data: {spec.data.dir} is not prepared yet (a real submit prepares it from "
+                         f"data.source={spec.data.source})")
         else:
             prepare_data(spec)
-    return {f: rd.file_sha256(f) for f in files}
+    return {}
 
 
 def prepare_data(spec: DictConfig):
-    from hpc_ft.data import jcommonsenseqa as jc
+    from hpc_ft.data.sources import prepare
 
-    d = spec.data
-    if d.source == "synthetic":
-        s = d.synthetic
-        return jc.make_synthetic(d.dir, n_train=s.n_train, n_valid=s.n_valid, n_test=s.n_test, seed=d.seed)
-    if not d.source:
-        raise UserError(
-            f"data: {d.train_file} does not exist and data.source is not set. Run "
-            "`hpc-ft data prepare data.source=<JGLUE checkout>` or set data.source=synthetic."
-        )
-    if not os.path.isdir(d.source):
-        raise UserError(f"data.source={d.source}: no such directory. Point it at a JGLUE checkout.")
-    return jc.convert_jglue(d.source, d.dir, seed=d.seed, n_valid=d.n_valid)
+    return prepare(spec.data)
 
 
 def container_image_problem(spec: DictConfig, when_unset: str) -> Optional[str]:
@@ -111,6 +102,7 @@ class Launch:
     notes: List[str] = field(default_factory=list)
     local_job: Any = None       # the submitit LocalJob when run locally (to wait on it)
     written: bool = True        # False: a dry run that wrote nothing (no --out)
+    data_summary: List[str] = field(default_factory=list)  # per split: rows, first example, lengths (stderr)
 
 
 def job_name(spec: DictConfig, run_id: str, kind: str) -> str:
@@ -250,21 +242,27 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     notes: List[str] = []
     check_inputs(spec, dry_run, notes)
     with writable("data.dir", spec.data.dir):
-        checksums = ensure_data(spec, dry_run, notes)
+        ensure_data(spec, dry_run, notes)
+    from hpc_ft.data.checks import backend_data_files, check_job_data
+
+    data_report = check_job_data(spec, dry_run=dry_run, notes=notes)  # every row, before anything is queued
     run_id = rd.new_run_id()
     run_dir = run_dir_for(spec, run_id, dry_run, out)
+    data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out))
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out),
+                    data_summary=data_report.summary_lines())
     if dry_run and not out:
         return launch  # a dry run leaves nothing behind (and needs no record)
     record = new_record(
         spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
-        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data={"files": checksums},
+        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data_files.record,
         container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                    "digest": image_digest(spec, dry_run)},
         registry=str(registry.path) if registry is not None else None)
     with writable("exp_manager.exp_dir", str(run_dir.parent)):
         rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
+    data_files.write()  # the converted files (their sha256 into the record)
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     paths: Dict[str, Path] = {}
     for kind, script in scripts.items():

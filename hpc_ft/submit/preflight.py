@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -75,13 +75,15 @@ def plan_request(spec: DictConfig, source=None, **changes):
         megatron_amp_O2=m.megatron_amp_O2,
         quantization="4bit" if scheme == "qlora" else None,
         peft_scheme="lora" if scheme == "qlora" else scheme,
+        # hf: NeMo's activation-checkpointing key turns on the HF model's gradient checkpointing
+        gradient_checkpointing=hf and m.activations_checkpoint_granularity is not None,
         lora_r=m.peft.lora_tuning.adapter_dim,
         lora_targets=_lora_targets(spec) or None,
         ptuning_virtual_tokens=m.peft.p_tuning.virtual_tokens,
         ptuning_bottleneck_dim=m.peft.p_tuning.bottleneck_dim,
         ptuning_embedding_dim=m.peft.p_tuning.embedding_dim,
         optimizer="adamw_torch" if hf else m.optim.name,
-        recompute=m.activations_checkpoint_granularity,
+        recompute=None if hf else m.activations_checkpoint_granularity,
         flash_attention=flash,
     )
     return req.with_(**changes) if changes else req
@@ -104,23 +106,38 @@ def plan_spec(spec: DictConfig, **kwargs):
     return None if req is None else plan(req, **kwargs)
 
 
-def preflight(spec: DictConfig, force: bool = False) -> List[str]:
-    """Refuse (UserError) a job that cannot run; return warnings to show otherwise."""
+def preflight(spec: DictConfig, force: bool = False, overrides: Sequence[str] = ()) -> List[str]:
+    """Refuse (UserError) a job that cannot run; return warnings to show otherwise.
+
+    `force` overrides the memory verdict only: a broken rule (TP that does not divide the GPUs, PP
+    beyond the layers, ...) is refused with or without it. `overrides`: what the user typed, to tell
+    an explicit `model.build=tiny` from the model preset's default.
+    """
+    from hpc_ft.compose.checks import check_against_model, check_model_path, job_warnings
+
+    check_model_path(spec, overrides)
+    warnings = job_warnings(spec)
     result = plan_spec(spec, alternatives=True, suggest=True)
     if result is None:
-        return [f"planner: no config.json for model '{spec.model.name}' (set model.hf_config=<config.json>); "
-                "memory fit not checked"]
-    warnings = [str(w) for w in result.warnings]
+        return warnings + [f"planner: no config.json for model '{spec.model.name}' "
+                           "(set model.hf_config=<config.json>); memory fit not checked"]
+    check_against_model(spec, result.request.arch.max_positions)
+    warnings += [str(w) for w in result.warnings]
     if result.ok:
         return warnings
+    if result.violations:  # a rule error: --force does not apply
+        raise UserError(f"{result.violations[0]}" + (
+            f" (and {len(result.violations) - 1} more: `hpc-ft plan` with the same overrides lists them)"
+            if len(result.violations) > 1 else ""))
     lines = [f"the planner refuses this job: {result.reason}"]
-    if result.estimate is not None and not result.fits:
+    if result.estimate is not None and not result.memory_fits:
         parts = " + ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in result.breakdown.items() if v >= 0.005)
         lines.append(f"per GPU (GiB): {parts} = {result.per_gpu_gib:.2f} of {result.capacity_gib:.2f}")
     best = result.best
     if best is not None:
         lines.append("best feasible alternative: " + best.overrides())
-    lines.append("`hpc-ft plan` with the same overrides shows the full breakdown; --force submits anyway")
+    lines.append("`hpc-ft plan` with the same overrides shows the full breakdown; --force submits anyway "
+                 "(it overrides the memory verdict only)")
     if force:
         return warnings + ["--force: " + lines[0]]
     raise UserError("\n".join(lines))

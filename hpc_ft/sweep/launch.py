@@ -126,8 +126,8 @@ def plan_points(points: Sequence[Point], force: bool = False) -> List[PlannedPoi
             pp.per_gpu_gib = round(result.per_gpu_gib, 2) if result.estimate else None
             pp.capacity_gib = round(result.capacity_gib, 2) if result.estimate else None
             pp.reason = "" if result.ok else result.reason
-            pp.kept = result.ok or force
-            pp.forced = not result.ok and force
+            pp.kept = result.ok or (force and not result.violations)  # --force: the memory verdict only
+            pp.forced = not result.ok and pp.kept
             layout_key = repr(req.with_(mbs=1, gbs=1))
         pp.layout = layouts.setdefault(layout_key, len(layouts))
     return out
@@ -266,12 +266,33 @@ class _Inputs:
         if dkey not in self._data:
             before = len(self.notes)
             with writable("data.dir", d.dir):
-                self._data[dkey] = ensure_data(spec, self.dry_run, self.notes)
+                ensure_data(spec, self.dry_run, self.notes)
+            self._data[dkey] = {}
             self._dedupe(before)
+        self._check_rows(spec)
+
+    def _check_rows(self, spec: SpecView) -> None:
+        """hpc_ft.data's submit checks, once per distinct files + data options; nemo sweeps take NeMo rows as they are."""
+        from hpc_ft.data.checks import check_job_data, needs_nemo_conversion
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        key = (spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)), bool(spec.eval))
+        if key in self._data:
+            return
+        before = len(self.notes)
+        report = check_job_data(spec, dry_run=self.dry_run, notes=self.notes)
+        if spec.backend.name == "nemo" and needs_nemo_conversion(report):
+            raise UserError("model.data.train_ds.file_names: a nemo sweep passes NeMo jsonl rows as they are, and these "
+                            "need converting (another format or data.prompt_template_no_input); convert them once with "
+                            "`hpc-ft train ... --dry-run` (its run folder's data/) and sweep over those files.")
+        self._data[key] = report.checksums()
+        self._dedupe(before)
 
     def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
-        d = spec.data
-        return self._data[(d.dir, d.train_file, d.validation_file, d.test_file, d.source)]
+        from hpc_ft.data.spec import options_from_spec, splits_from_spec
+
+        return self._data[(spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)),
+                           bool(spec.eval))]
 
     def digest(self, spec: SpecView) -> Optional[str]:
         from hpc_ft.submit.launch import image_digest
@@ -414,7 +435,8 @@ def _tiny_model_note(kept: Sequence[PlannedPoint], queued: bool, parallelism: in
                 notes.append(
                     f"model.hf_path={m.hf_path}: the tiny model is not built yet, so the first {parallelism} tasks "
                     "would each build it. Build it once first: `python -m hpc_ft.backends.hf_runtime.tiny_model "
-                    f"--data-dir {p.point.spec.data.dir} --output {m.hf_path} --if-missing` (or sweep.parallelism=1)."
+                    f"--train-file {' '.join(p.point.spec.model.data.train_ds.file_names)} --output {m.hf_path} "
+                    "--if-missing` (or sweep.parallelism=1)."
                 )
             return
 

@@ -15,8 +15,25 @@ from hpc_ft.track.registry import FINAL_STATES
 from hpc_ft.track.status import STATUS_FIELDS, read_record, run_status, snapshot
 
 
+#: the states a run can be listed in (`hpc-ft runs --state`): Slurm's end states, and the live ones
+RUN_STATES = tuple(sorted(FINAL_STATES | {"PENDING", "RUNNING", "UNKNOWN"}))
+
+
+def state_filter(state: str) -> str:
+    """`--state` as the registry spells it; an unknown state is refused naming the known ones."""
+    from hpc_ft.errors import UserError, did_you_mean
+
+    wanted = state.strip().upper()
+    if wanted not in RUN_STATES:
+        raise UserError(f"--state {state}: no such run state.{did_you_mean(wanted, RUN_STATES)} "
+                        f"States: {', '.join(RUN_STATES)}.")
+    return wanted
+
+
 def list_runs(registry, state: Optional[str] = None, name: Optional[str] = None,
               limit: Optional[int] = None) -> List[Dict[str, Any]]:
+    if state:
+        state = state_filter(state)
     rows = registry.list(name=name, limit=None if state else limit)
     live = [r for r in rows if r["state"] not in FINAL_STATES]
     out: List[Dict[str, Any]] = []

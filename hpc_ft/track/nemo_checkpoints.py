@@ -332,3 +332,41 @@ def nemo_exp_dir(log_dir: str | Path) -> NemoExpDir:
         checkpoints_dir=log_dir / "checkpoints",
         attempt_dirs=tuple(p for _, p in sorted(runs)),
     )
+
+
+# ---- a folder laid out as the tutorial leaves it ----------------------------------------------
+
+#: Slurm's default output file, as a job submitted without --output leaves it in its working folder
+SLURM_DEFAULT_LOG = re.compile(r"^slurm-(\d+)(?:_\d+)?\.out$")
+#: where NeMo's exp_dir is looked for inside a run folder: hpc-ft's own (<run>/nemo), the tutorial's (<dir>/results)
+EXP_ROOT_NAMES = ("nemo", "results")
+
+
+def slurm_default_logs(folder: str | Path) -> list[Path]:
+    """``slurm-<jobid>.out`` files at the top of ``folder``, oldest job first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := SLURM_DEFAULT_LOG.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_exp_root(folder: str | Path) -> Path | None:
+    """The folder holding NeMo's ``<name>/`` log dir inside a run folder: ``nemo/`` (hpc-ft) or ``results/``
+    (the tutorial's ``EXP_DIR``), the first that holds a NeMo log dir; None when neither does."""
+    folder = Path(folder)
+    for name in EXP_ROOT_NAMES:
+        root = folder / name
+        if root.is_dir() and any(
+            (sub / "checkpoints").is_dir() or (sub / RANK0_LOG_NAME).is_file()
+            or any(p.is_dir() and (p / "checkpoints").is_dir() for p in sub.iterdir())
+            for sub in root.iterdir() if sub.is_dir()
+        ):
+            return root
+    return None
+
+
+def looked_for(folder: str | Path) -> str:
+    """What a NeMo run reader looks for in ``folder`` (for the message when none of it is there)."""
+    return (f"logs/job.out, logs/job.err, slurm-<jobid>.out, and NeMo's log dir {', '.join(f'{n}/<name>/' for n in EXP_ROOT_NAMES)}"
+            f" (checkpoints/, {RANK0_LOG_NAME}) in {folder}")

@@ -4,7 +4,7 @@ or a sweep's throughput per point. matplotlib is imported only here (the `plot` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from hpc_ft.errors import UserError
 
@@ -39,6 +39,19 @@ def run_curves(row: Dict) -> Tuple[List[Tuple[int, float]], List[Tuple[int, floa
     return sorted(train.items()), sorted(val.items()), run_status(row)
 
 
+def best_marker(st: Dict, val: List[Tuple[int, float]]) -> Optional[Tuple[int, float]]:
+    """(step, val loss) of the best checkpoint as `status` decided it (RunState.best_checkpoint), or None."""
+    from hpc_ft.track.run_state import checkpoint_step
+
+    step = checkpoint_step(st.get("best_checkpoint"))
+    if step is None:
+        return None
+    value = st.get("best_val_loss")
+    if value is None:
+        value = dict(val).get(step)
+    return None if value is None else (step, float(value))
+
+
 def plot_run(row: Dict, output: str) -> Path:
     train, val, st = run_curves(row)
     if not train and not val:
@@ -49,7 +62,8 @@ def plot_run(row: Dict, output: str) -> Path:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
     if val:
         ax.plot(*zip(*val), "o-", label="val loss", color="tab:orange")
-        best = min(val, key=lambda p: p[1])
+    best = best_marker(st, val)
+    if best is not None:
         ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
                    label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
     if st.get("early_stopped") and st.get("step"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,13 @@ from hpc_ft.track.events import (
 from hpc_ft.track.hf_events import HfEventsReader, read_hf_events, scan_hf_checkpoints
 from hpc_ft.track.nemo_checkpoints import (
     CheckpointSummary,
+    find_exp_root,
     find_nemo_log_dir,
     inspect_checkpoints,
+    looked_for,
     nemo_exp_dir,
+    parse_checkpoint_name,
+    slurm_default_logs,
 )
 from hpc_ft.track.nemo_log import NemoLogParser, log_tail, parse_nemo_log
 from hpc_ft.track.tensorboard import TbScalarsReader, find_event_files, read_tb_events
@@ -225,11 +230,15 @@ class IncrementalSources(EventSources):
 
 
 def _slurm_log_events(run_dir: Path, sources: EventSources) -> tuple[list[list[Event]], list[Path]]:
+    """The Slurm logs: hpc-ft's logs/job.out and job.err, else the slurm-<jobid>.out files that a job
+    submitted by hand (the tutorial's way) leaves at the top of its folder."""
     paths = []
     for name in SLURM_LOGS:
         p = run_dir / "logs" / name
         if p.is_file() and not any(p.samefile(q) for q in paths):
             paths.append(p)
+    if not paths:
+        paths = slurm_default_logs(run_dir)
     return [sources.nemo_log(p) for p in paths], paths
 
 
@@ -310,14 +319,19 @@ def state_from_events(
     if best_val is None and best_value is not None and _finite(best_value):
         best_val = best_value
     if best_val is None:
+        # what the framework itself called best: the trainer's end record, NeMo's early-stopping line
+        # ("Best score: 0.074"), ModelCheckpoint's "'validation_loss' reached X"; the progress bar's
+        # val_loss only when none of those was logged (and then its best, never its last value)
         end = _last(events, TrainEnd, "best_val_loss")
-        values = [e.val_loss for e in saved_vals] + [e.val_loss for e in val_events]
+        early_best = _last(events, EarlyStop, "best_score")
         if end is not None:
             best_val = end
-        elif values:
-            best_val = better(values)
-        else:
-            best_val = _last(events, EarlyStop, "best_score")
+        elif saved_vals:
+            best_val = better(e.val_loss for e in saved_vals)
+        elif early_best is not None and _finite(early_best):
+            best_val = early_best
+        elif val_events:
+            best_val = better(e.val_loss for e in val_events)
 
     if best_checkpoint is None:
         best_checkpoint = _last(events, TrainEnd, "best_checkpoint") or _last(events, BestRestored, "path")
@@ -390,8 +404,10 @@ def state_from_run_dir(
     kwargs: dict[str, Any] = {}
 
     if backend == "nemo":
-        nemo_root = Path(nemo_exp_root) if nemo_exp_root else run_dir / "nemo"
+        nemo_root = Path(nemo_exp_root) if nemo_exp_root else (find_exp_root(run_dir) or run_dir / "nemo")
         log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
+        if log_dir is None and not sources:
+            notes.append(f"no NeMo log or checkpoints found; looked for {looked_for(run_dir)}")
         name = exp_name
         summary: CheckpointSummary | None = None
         if log_dir is not None:
@@ -458,3 +474,21 @@ def state_from_run_dir(
         state.accuracy, state.base_accuracy = _predictions_accuracy(run_dir, notes)
     state.notes.extend(notes)
     return state
+
+
+_HF_CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The training step a checkpoint path was saved at (NeMo's `...-step=N-...ckpt`, HF's `checkpoint-N`).
+
+    `status` decides which checkpoint is the best (``RunState.best_checkpoint``); `plot` marks that one,
+    at this step, so the two never disagree."""
+    if not path:
+        return None
+    name = Path(path).name
+    parsed = parse_checkpoint_name(name)
+    if parsed is not None:
+        return parsed.step
+    m = _HF_CHECKPOINT.search(name)
+    return int(m[1]) if m else None

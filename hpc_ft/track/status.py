@@ -203,7 +203,7 @@ def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         from hpc_ft.backends import get_backend
 
         kw: Dict[str, Any] = {"max_steps": int(cfg.sweep.steps or cfg.trainer.max_steps)}
-        kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg))  # where the backend's logs and checkpoints are
+        kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg, run_dir))  # where the backend's logs and checkpoints are
         return kw
     except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
         return {}
@@ -282,6 +282,8 @@ def format_status(st: Dict[str, Any]) -> str:
     if st.get("requeues"):
         lines.append(f"requeues {st['requeues']}")
     lines.append(f"dir      {st['run_dir']}")
+    for note in st.get("notes") or []:
+        lines.append(f"note     {note}")
     if st.get("state") in ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL") and st.get("log_tail"):
         lines.append("log tail:")
         lines.extend("  " + ln for ln in str(st["log_tail"]).splitlines()[-15:])

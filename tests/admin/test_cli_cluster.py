@@ -36,12 +36,13 @@ def test_the_local_profile_passes_every_check(cli, local_slurm):
     proc = cli("cluster", "check", "cluster=slurm_local")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for line in ("[ok  ] partition  cluster.partition=debug (State=UP", "[ok  ] gpus       --gres=gpu:4: node",
-                 "[ok  ] test-only  sbatch --test-only accepted", "[skip] container", "all checks passed"):
+                 "[ok  ] test-only  sbatch --test-only accepted", "[ok  ] node-python", "[ok  ] node-torch",
+                 "[skip] container", "all checks passed"):
         assert line in proc.stdout
-    checks = _checks(cli("cluster", "check", "cluster=slurm_local", "--json"))
+    checks = _checks(cli("cluster", "check", "cluster=slurm_local", "--no-probe", "--json"))
     assert {name: c["status"] for name, c in checks.items()} == {
         "commands": "ok", "reachable": "ok", "partition": "ok", "time": "ok", "gpus": "ok", "test-only": "ok",
-        "container": "skip", "modules": "skip"}
+        "node-env": "skip", "container": "skip", "modules": "skip"}
 
 
 @pytest.mark.slurm
@@ -145,11 +146,11 @@ def test_list_shows_shipped_and_user_profiles_and_who_wins(cli, tmp_path):
     shipped = cli("cluster", "list", "--json")
     assert shipped.returncode == 0
     assert {r["name"]: r["source"] for r in json.loads(shipped.stdout)} == {
-        "local": "shipped", "nig": "shipped", "slurm_local": "shipped"}
+        "local": "shipped", "nig": "shipped", "slurm_local": "shipped", "slurm_local2": "shipped"}
     conf = _user_conf(tmp_path)
     proc = cli("cluster", "list", "--json", env={"HPC_FT_CONF_DIR": conf})
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert set(rows) == {"local", "nig", "slurm_local", "mysite"}
+    assert set(rows) == {"local", "nig", "slurm_local", "slurm_local2", "mysite"}
     assert rows["nig"]["source"] == "user" and rows["nig"]["overrides_shipped"] is True
     assert rows["nig"]["partition"] == "mylab-v100" and rows["nig"]["path"] == str(conf / "cluster" / "nig.yaml")
     assert rows["mysite"]["overrides_shipped"] is False and rows["mysite"]["gpu"] == "8x A100-80GB (gpus-per-node)"

@@ -134,7 +134,8 @@ def test_export_of_a_nemo_lora_run_renders_merge_then_hf_export(cli, work_dir, t
     assert [ln.split()[1] for ln in lines] == ["merge", "export"]
     assert "singularity exec --nv" in lines[0] and "merge_lora_weights/merge.py" in lines[0]
     assert "tensor_model_parallel_size=4" in lines[0] and "trainer.devices=4" in lines[0]
-    assert "lora_model_path=" + str(work_dir / "results" / "elyza_llama2_7b_lora" / "checkpoints" / "elyza_llama2_7b_lora.nemo") in lines[0]
+    # the run's own adapter: NeMo's exp_dir is <run dir>/nemo (never a checkpoints folder shared by runs of one name)
+    assert "lora_model_path=" + str(run / "nemo" / "elyza_llama2_7b_lora" / "checkpoints" / "elyza_llama2_7b_lora.nemo") in lines[0]
     assert "convert_llama_nemo_to_hf.py" in lines[1] and f"--hf_output_path={out}" in lines[1]
     assert "#SBATCH --gres=gpu:4" in proc.stdout
     assert (run / "export.sbatch").read_text() == proc.stdout  # the job joins the run's directory

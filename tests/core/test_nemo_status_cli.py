@@ -25,8 +25,8 @@ def test_status_of_a_nemo_run_dir_reports_state_step_best_checkpoint_and_early_s
     run_dir = Path(json.loads(proc.stdout)["run_dir"])
     for name in ("job.out", "job.err"):
         shutil.copy(FIXTURES / "nemo_early_stopped_tp4" / name, run_dir / "logs" / name)
-    # NeMo writes where the tutorial's job did: <exp_dir>/<name>/checkpoints/mp_rank_XX/
-    ckpts = work / "results" / "elyza_7b_ptuning" / "checkpoints"
+    # NeMo writes into the run's own exp_dir: <run dir>/nemo/<name>/checkpoints/mp_rank_XX/
+    ckpts = run_dir / "nemo" / "elyza_7b_ptuning" / "checkpoints"
     best = CKPT.format(v=0.073, s=4016, c=4016 * 16, last="")
     last = CKPT.format(v=0.092, s=6024, c=6024 * 16, last="-last")
     for rank in range(4):

@@ -52,12 +52,21 @@ def test_train_job_matches_the_reference_key_for_key(fake_home, tmp_path):
     ref_prefix, ref_values = split_overrides(ref_argv)
     our_prefix, our_values = split_overrides(rendered_step(out, "train"))
     assert our_prefix == ref_prefix
+    # The one legitimate difference: NeMo's exp_dir is the run's own (<run dir>/nemo), not the tutorial's
+    # shared ex01/results, so that resume_if_exists never picks up another run's checkpoints.
+    run_dir = Path(our_values["exp_manager.exp_dir"]).parent
+    assert our_values["exp_manager.exp_dir"] == str(run_dir / "nemo")
+    assert run_dir.parent == Path(ref_values["exp_manager.exp_dir"]) / ref_values["exp_manager.name"]
+    our_values["exp_manager.exp_dir"] = ref_values["exp_manager.exp_dir"]
     assert our_values == ref_values
     assert list(our_values) == list(ref_values)  # the same order, too
 
 
 def test_eval_job_matches_the_reference_with_predictions_under_the_run(fake_home, tmp_path):
-    out = _hpcft("eval", "experiment=nig_elyza_ptuning", *ARGS, "--dry-run", "--out", f"{HOME}/ex01/results", cwd=tmp_path)
+    # Without --run the eval job has no training run of its own: it names the adapter as the tutorial does.
+    peft = f"model.peft.restore_from_path={HOME}/ex01/results/elyza_7b_ptuning/checkpoints/elyza_7b_ptuning.nemo"
+    out = _hpcft("eval", "experiment=nig_elyza_ptuning", *ARGS, peft, "--dry-run", "--out", f"{HOME}/ex01/results",
+                 cwd=tmp_path)
     ref_text, ref_argv = _reference("nig_generate.sbatch")
     ours = sbatch_options(out)
     for key, val in sbatch_options(ref_text).items():

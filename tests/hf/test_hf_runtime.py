@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,3 +204,6 @@ def test_training_under_torchrun_with_two_cpu_ranks(model_dir, data, tmp_path):
     assert events[0]["world_size"] == 2
     assert events[-1]["kind"] == "end" and events[-1]["step"] == 10
     assert (out / "best" / "adapter_model.safetensors").is_file()
+    # each rank reports its end; DDP's averaged gradients leave both with the same weights
+    ends = re.findall(r"^\[rank (\d)/2\] host \S+ end at step 10: .* trainable weights sha1 (\w+)$", done.stdout, re.M)
+    assert sorted(r for r, _ in ends) == ["0", "1"] and ends[0][1] == ends[1][1], done.stdout[-2000:]

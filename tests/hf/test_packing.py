@@ -14,10 +14,9 @@ pytest.importorskip("peft")
 
 from hpc_ft.backends.hf_runtime import batching, train  # noqa: E402
 from hpc_ft.backends.hf_runtime.events import read_events  # noqa: E402
-from hpc_ft.backends.hf_runtime.sft_data import (  # noqa: E402
-    IGNORE_INDEX, AnswerOnlyCollator, EncodedSplit, encode_split, read_instruction_rows)
+from hpc_ft.backends.hf_runtime.sft_data import IGNORE_INDEX, AnswerOnlyCollator, TrainSplits, load_splits  # noqa: E402
 from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec, build_tiny_model  # noqa: E402
-from hpc_ft.backends.hf_runtime.token_cache import cached_split  # noqa: E402
+from hpc_ft.backends.hf_runtime.token_cache import cached_splits  # noqa: E402
 from hpc_ft.data.jcommonsenseqa import make_synthetic  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -139,28 +138,28 @@ def test_packed_collator_restarts_positions_and_masks_each_rows_first_label():
     assert flat["input_ids"].shape == (1, 10)
 
 
-def test_tokenized_split_is_cached_per_data_checksum(tmp_path):
+def test_tokenized_splits_are_cached_per_data_checksum(tmp_path):
     data = make_synthetic(tmp_path / "data", n_train=20, n_valid=4, n_test=2, seed=0)
     model_dir = build_tiny_model(data.train.parent, tmp_path / "model", SMALL, log=lambda _: None)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calls = []
 
-    def encode():
+    def load():
         calls.append(1)
-        return encode_split(tokenizer, read_instruction_rows(data.train, "--train-file"), 64)
+        rows = data.train.read_text(encoding="utf-8").splitlines()
+        return (TrainSplits(examples=[{"input_ids": [1, len(r)], "labels": [-100, len(r)]} for r in rows]),
+                TrainSplits(examples=[{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]))
 
     def get(settings):
-        return cached_split(tmp_path / "out", data.train, model_dir, settings, encode, encode_split, EncodedSplit)
+        return cached_splits(tmp_path / "out", [data.train, data.valid], model_dir, settings, load, load_splits,
+                             TrainSplits)
 
-    first, hit1 = get({"max_seq_length": 64})
-    second, hit2 = get({"max_seq_length": 64})
+    first, _, hit1 = get({"max_seq_length": 64})
+    second, valid, hit2 = get({"max_seq_length": 64})
     assert (hit1, hit2, len(calls)) == (False, True, 1)
-    assert second.examples == first.examples and (second.truncated, second.dropped) == (first.truncated, first.dropped)
+    assert second.examples == first.examples and valid.examples == [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
     get({"max_seq_length": 65})  # another setting: tokenized again
     data.train.write_text(data.train.read_text(encoding="utf-8") * 2, encoding="utf-8")
-    third, hit3 = get({"max_seq_length": 64})  # other data bytes: tokenized again
+    third, _, hit3 = get({"max_seq_length": 64})  # other data bytes: tokenized again
     assert (hit3, len(calls), len(third.examples)) == (False, 3, 2 * len(first.examples))
 
 

@@ -7,7 +7,7 @@ import json
 from hpc_ft.plan import COMPONENTS, plan, to_dict, to_json, to_text
 
 TOP_KEYS = [
-    "schema", "ok", "fits", "per_gpu_gib", "capacity_gib", "headroom_gib", "margin_gib",
+    "schema", "ok", "fits", "memory_fits", "per_gpu_gib", "capacity_gib", "headroom_gib", "margin_gib",
     "headroom_fraction", "device", "backend", "model", "stage", "layout", "breakdown", "reason",
     "notes", "violations", "warnings", "alternatives", "best", "levers",
 ]
@@ -26,7 +26,7 @@ def test_json_keys_present_and_in_order(reference):
     assert list(d["layout"]) == ["tp", "pp", "dp", "mbs", "gbs", "micro_batches", "world_size", "seq_len",
                                "packed_sequence"]
     for alt in d["alternatives"]:
-        assert list(alt) == ["tp", "pp", "mbs", "dp", "ok", "fits", "per_gpu_gib", "reason"]
+        assert list(alt) == ["tp", "pp", "mbs", "dp", "ok", "fits", "memory_fits", "per_gpu_gib", "reason"]
     assert d["schema"] == "hpc-ft.plan/1"
     assert d["fits"] is True and d["ok"] is True
     assert d["best"]["overrides"].startswith("model.tensor_model_parallel_size=4")

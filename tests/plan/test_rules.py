@@ -40,7 +40,8 @@ def test_global_batch_must_divide_by_micro_batch_times_dp(reference):
 
 def test_heads_and_kv_heads_must_divide_by_tp(reference, neox, llama3):
     v = _by_key(reference.with_(arch=neox, tp=4))[0][("model.tensor_model_parallel_size", "error")]
-    assert "num_attention_heads 22 is not divisible by 4" in v.rule and "{1,2,11,22}" in v.fix
+    # the fix offers only TP values that divide the heads AND fit the 4-GPU node: never 11 or 22
+    assert "num_attention_heads 22 is not divisible by 4" in v.rule and v.fix.endswith("in {1,2}")
     req = reference.with_(arch=llama3, devices=4, gpus_per_node=16, tp=16, gbs=16, num_nodes=4)
     found = _by_key(req)[1]
     assert any("num_query_groups (KV heads) 8 is not divisible by 16" in v.rule for v in found)
@@ -83,12 +84,15 @@ def test_sequence_parallel_needs_tp_above_one(reference):
     assert ("model.sequence_parallel", "warning") not in _by_key(reference.with_(sequence_parallel=True))[0]
 
 
-def test_tp_across_nodes_is_a_warning(reference):
+def test_tp_across_nodes_is_refused_naming_why_and_data_parallel_across_nodes_is_not(reference):
     req = reference.with_(num_nodes=2, devices=4, tp=8, gbs=16)
     keys, found = _by_key(req)
-    v = keys[("model.tensor_model_parallel_size", "warning")]
-    assert "spans nodes" in v.rule and "<= 4" in v.fix
-    assert not [x for x in found if x.severity == "error"]
+    v = keys[("model.tensor_model_parallel_size", "error")]
+    assert "spans nodes (4 GPUs per node x 2 nodes)" in v.rule and "inter-node network" in v.rule
+    assert "<= 4 (TP inside a node)" in v.fix and "data parallel" in v.fix and "--force" in v.fix
+    # TP inside each node, data parallel across the two: no objection
+    inside = _by_key(reference.with_(num_nodes=2, devices=4, tp=4, gbs=16))[0]
+    assert not [k for k in inside if k[0] == "model.tensor_model_parallel_size"]
 
 
 def test_devices_cannot_exceed_the_node(reference):
@@ -114,14 +118,14 @@ def test_hf_refuses_fp16_on_cpu_and_tensor_parallel(reference):
 def test_nemo_needs_a_gpu(reference):
     cpu = get_gpu("cpu", cpu_memory_gib=16)
     keys = _by_key(reference.with_(gpu="cpu", devices=1, tp=1), cpu)[0]
-    assert "needs NVIDIA GPUs" in keys[("cluster.gpu", "error")].rule
+    assert "needs NVIDIA GPUs" in keys[("cluster.gpu.model", "error")].rule
 
 
 def test_hf_backend_refuses_nemo_only_schemes_and_qlora_full_finetune(reference):
     a100 = get_gpu("A100-80GB")
     base = reference.with_(backend="hf", gpu="A100-80GB", tp=1, devices=1, gbs=4, precision="bf16")
     assert "supports lora, none" in _by_key(base.with_(peft_scheme="ptuning"), a100)[0][("model.peft.peft_scheme", "error")].rule
-    v = _by_key(base.with_(peft_scheme="none", quantization="4bit"), a100)[0][("quantization", "error")]
+    v = _by_key(base.with_(peft_scheme="none", quantization="4bit"), a100)[0][("peft", "error")]
     assert "QLoRA trains adapters" in v.rule
 
 
@@ -136,7 +140,7 @@ def test_lora_targets_are_checked_and_named_for_the_backend(reference):
 def test_layers_must_divide_by_pp(reference):
     v = _by_key(reference.with_(devices=3, tp=1, pp=3, gbs=12))[0][("model.pipeline_model_parallel_size", "error")]
     assert v.rule == "num_layers 32 must be divisible by pipeline_model_parallel_size 3"
-    assert "{1,2}" in v.fix  # divisors of 32 that fit in 3 GPUs
+    assert v.fix.endswith("in {1}")  # divisors of 32 that also divide the 3 GPUs
 
 
 def test_every_violation_names_key_value_rule_and_fix(reference):

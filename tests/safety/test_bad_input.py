@@ -28,6 +28,8 @@ class Case:
     env: Optional[Callable[[Path], Dict[str, str]]] = None  # extra environment of the CLI
     dry_run: bool = False            # the planner cases: --dry-run (a wrongly passing case then submits nothing)
     marks: List = field(default_factory=list)
+    flags: Tuple[str, ...] = ()      # more CLI flags (e.g. --force)
+    command: Tuple[str, ...] = ("train",)  # another command: its args are given whole (no work_dir, no data keys)
 
 
 def _q(p: Path) -> str:
@@ -132,6 +134,12 @@ def _controller_down(d: Path) -> Dict[str, str]:
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
+PLAN_FIXTURES = Path(__file__).resolve().parents[1] / "plan" / "fixtures"
+RINNA = _q(PLAN_FIXTURES / "rinna-japanese-gpt-neox-3.6b.json")
+NEMO_ON_NIG = ["cluster=nig", "backend=nemo", "model=elyza_llama2_7b", "trainer.devices=4", "model.global_batch_size=16",
+               "model.micro_batch_size=4"]
+
+
 SLURM = [pytest.mark.slurm]
 PLANNER = [] if PREFLIGHT_WIRED else [pytest.mark.xfail(strict=False, reason="preflight not wired yet")]
 
@@ -215,7 +223,90 @@ CASES = [
     Case("rule-gbs-divisible", ["cluster=slurm_local", "trainer.devices=2", "model.micro_batch_size=2",
                                 "model.global_batch_size=7"],
          ("model.global_batch_size",), dry_run=True, marks=PLANNER),
+    # issue 11, part 4: every check before the queue
+    Case("hf-path-typo-is-not-built", lambda d: [f"model.hf_path={_q(d / 'modles' / 'tiny_llama')}"],
+         ("model.hf_path=", "modles", "model.build=tiny")),
+    Case("qlora-without-gpu", ["peft=qlora"], ("peft=qlora", "GPU", "peft=lora"), dry_run=True),
+    Case("mem-per-cpu-without-unit", ["cluster=nig", "cluster.mem_per_cpu=32"],
+         ("cluster.mem_per_cpu=32", "megabytes", "cluster.mem_per_cpu=32G")),
+    Case("gradient-clip-negative", ["trainer.gradient_clip_val=-1"], ("trainer.gradient_clip_val=-1", ">= 0")),
+    Case("max-seq-length-beyond-positions", ["model.data.train_ds.max_seq_length=4096"],
+         ("model.data.train_ds.max_seq_length=4096", "max_position_embeddings 256"), dry_run=True),
+    Case("syntax-unquoted-space-and-parenthesis", ["exp_manager.name=run (v2)"],
+         ("exp_manager.name=run (v2)", "exp_manager.name='run (v2)'")),
+    Case("syntax-unquoted-japanese-name", ["exp_manager.name=実験1"], ("exp_manager.name='実験1'",)),
+    Case("syntax-unquoted-japanese-path", lambda d: [f"work_dir={d / '実験'}"], ("work_dir='", "実験'")),
+    Case("several-values-without-m", ["model.micro_batch_size=4,8"],
+         ("model.micro_batch_size=4,8", "use -m to sweep")),
+    Case("learning-rate-synonym", ["model.optim.learning_rate=1e-4"],
+         ("model.optim.learning_rate", "Did you mean 'model.optim.lr'")),
+    Case("force-does-not-override-a-rule", ["cluster=slurm_local", "trainer.devices=4",
+                                            "model.tensor_model_parallel_size=3"],
+         ("model.tensor_model_parallel_size=3",), dry_run=True, flags=("--force",)),
+    Case("runs-unknown-state", [], ("RUNNNING", "RUNNING", "COMPLETED"), command=("runs", "--state", "RUNNNING")),
+    # issue 11, part 5: the planner never contradicts itself
+    Case("gpu-model-ambiguous", ["cluster=slurm_local", "cluster.gpu.model=A100"],
+         ("cluster.gpu.model=A100", "A100-40GB", "A100-80GB"), dry_run=True),
+    Case("tp-does-not-divide-heads", [*NEMO_ON_NIG, "model.tensor_model_parallel_size=4", f"model.hf_config={RINNA}"],
+         ("model.tensor_model_parallel_size=4", "num_attention_heads 22"), dry_run=True),
+    Case("pp-beyond-layers", [*NEMO_ON_NIG, "model.tensor_model_parallel_size=1",
+                              "model.pipeline_model_parallel_size=64"],
+         ("model.pipeline_model_parallel_size=64", "larger than the model's 32 layers"), dry_run=True),
 ]
+
+
+# ---- the job's own data files (model.data.*_ds.file_names): read and rendered before the queue -------------
+def _user_data(d: Path, train: Union[str, bytes, None], *extra: str, name: str = "train.jsonl") -> List[str]:
+    """Overrides naming a train file with this content (None: not created) and a good validation file."""
+    good = '{"input": "質問", "output": "答え"}\n'
+    (d / "valid.jsonl").write_text(good * 2, encoding="utf-8")
+    path = d / name
+    if isinstance(train, bytes):
+        path.write_bytes(train)
+    elif train is not None:
+        path.write_text(train, encoding="utf-8")
+    return [f"model.data.train_ds.file_names=[{_q(path)}]",
+            f"model.data.validation_ds.file_names=[{_q(d / 'valid.jsonl')}]", *extra]
+
+
+_GOOD = '{"input": "質問", "output": "答え"}\n'
+_CHAT = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+
+
+def _data_dir_case(d: Path) -> List[str]:
+    (d / "train.jsonl").mkdir()
+    return _user_data(d, None)
+
+
+DATA_CASES = [
+    Case("data-file-missing", lambda d: _user_data(d, None), ("train.jsonl", "no such file", "file_names")),
+    Case("data-file-is-a-directory", _data_dir_case, ("train.jsonl", "is a directory")),
+    Case("data-file-empty", lambda d: _user_data(d, "\n"), ("train.jsonl", "empty")),
+    Case("data-file-not-utf8", lambda d: _user_data(d, _GOOD.encode() + '{"input": "日本", "output": "x"}\n'.encode("cp932")),
+         ("train.jsonl:2", "not UTF-8", "iconv")),
+    Case("data-file-bad-json-line", lambda d: _user_data(d, _GOOD * 2 + '{"input": "x", "output": \n'),
+         ("train.jsonl:3", "not valid JSON")),
+    Case("data-row-without-answer", lambda d: _user_data(d, _GOOD + '{"input": "x"}\n'), ("train.jsonl:2", "'output'")),
+    Case("data-template-field-missing", lambda d: _user_data(d, _GOOD, "model.data.train_ds.prompt_template='{instruction} {output}'"),
+         ("train.jsonl:1", "{instruction}", "+data.columns.instruction")),
+    Case("data-format-unknown", lambda d: _user_data(d, _GOOD, "data.format=alpacca"),
+         ("data.format=alpacca", "Did you mean 'alpaca'")),
+    Case("data-chat-unknown-role", lambda d: _user_data(d, _CHAT + _CHAT.replace('"user"', '"usr"'), "template=plain"),
+         ("train.jsonl:2", "unknown role 'usr'")),
+    Case("data-chat-no-assistant", lambda d: _user_data(d, '{"messages": [{"role": "user", "content": "a"}]}\n', "template=plain"),
+         ("train.jsonl:1", "no assistant turn")),
+    Case("data-columns-missing-column", lambda d: _user_data(d, '{"q": "a", "a": "b"}\n', "+data.columns.input=q",
+                                                           "+data.columns.output=answer"),
+         ("data.columns.output=answer", "no column 'answer'")),
+    Case("data-split-empty-after-filtering", lambda d: _user_data(d, '{"input": "a", "output": ""}\n'),
+         ("train.jsonl", "empty after filtering")),
+    Case("data-alpaca-instruction-dropped", lambda d: _user_data(d, '{"instruction": "i", "input": "a", "output": "b"}\n',
+                                                               "template=plain"),
+         ("prompt_template", "'instruction'", "dropped")),
+    Case("data-probabilities-per-file", lambda d: _user_data(d, _GOOD, "model.data.train_ds.concat_sampling_probabilities=[0.5,0.5]"),
+         ("concat_sampling_probabilities", "one probability per file")),
+]
+CASES += DATA_CASES
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
@@ -225,13 +316,17 @@ def test_bad_input_is_a_short_clean_error(case: Case, tmp_path: Path):
     work = tmp_path / "work"
     registry = tmp_path / "case-registry.sqlite"
     overrides = list(case.args(tmp_path) if callable(case.args) else case.args)
-    if not any(o.startswith("work_dir=") for o in overrides):
+    if case.command == ("train",) and not any(o.startswith("work_dir=") for o in overrides):
         overrides.insert(0, f"work_dir={_q(work)}")
     env = {**os.environ, "HPC_FT_REGISTRY": str(registry), **(case.env(tmp_path) if case.env else {})}
     slurm_up = slurm_status()[0]
     since = slurm_now()
 
-    proc = run_cli(["train", *overrides, *SMALL_DATA, *(["--dry-run"] if case.dry_run else [])], env=env, cwd=here)
+    if case.command == ("train",):
+        argv = ["train", *overrides, *SMALL_DATA, *(["--dry-run"] if case.dry_run else []), *case.flags]
+    else:
+        argv = [*case.command, *overrides, *case.flags]
+    proc = run_cli(argv, env=env, cwd=here)
 
     err = proc.stderr
     assert proc.returncode == 2, f"rc={proc.returncode}\nstdout={proc.stdout}\nstderr={err}"

@@ -111,6 +111,7 @@ def _hostile_job(tmp_path: Path, cluster: str) -> tuple[list, dict]:
         f"work_dir={hydra_quote(values['work_dir'])}",
         f"exp_manager.name={hydra_quote(values['exp_manager.name'])}",
         f"model.hf_path={hydra_quote(values['model.hf_path'])}",
+        "model.build=tiny",  # a tiny model is built at a path the user typed only when asked for
         f"data.dir={hydra_quote(values['data.dir'])}",
         "container=hf",
         f"container.image={hydra_quote(values['container.image'])}",

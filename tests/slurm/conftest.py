@@ -74,3 +74,25 @@ def submit(work, *overrides, env, expect_rc=0):
                  check=expect_rc == 0)
     assert proc.returncode == expect_rc, proc.stderr
     return json.loads(proc.stdout) if expect_rc == 0 else proc
+
+
+def two_nodes_up() -> str | None:
+    """None when partition multi has two usable nodes (scripts/local-slurm.sh start --nodes 2), else why not."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%N %T"], capture_output=True, text=True,
+                             timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo failed: {exc}"
+    usable = [ln.split()[0] for ln in out if len(ln.split()) == 2 and ln.split()[1] in ("idle", "mixed", "allocated")]
+    if len(usable) < 2:
+        return (f"the two-node local Slurm is not up (partition multi: {', '.join(out).strip(', ') or 'missing'}); "
+                "run scripts/local-slurm.sh start --nodes 2 (make test does)")
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm2(slurm):
+    why = two_nodes_up()
+    if why:
+        pytest.skip(why)
+    return True

@@ -91,8 +91,9 @@ def _status(run_id, env, wait=False):
 
 
 def _checkpoints(run_dir: Path) -> list[int]:
+    # complete ones only: a kill while the Trainer is still writing one leaves a folder resume must skip
     return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")
-                  if p.name.split("-")[1].isdigit())
+                  if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file())
 
 
 def test_a_lost_node_is_reported_honestly_and_the_run_resumes_from_its_checkpoint(tiny_work, tmp_path):

@@ -138,10 +138,14 @@ def test_nemo_points_each_get_their_own_nemo_experiment_folder(work_dir):
         assert f"exp_dir: {pp.run_dir}/nemo" in (Path(pp.run_dir) / "config.yaml").read_text()
 
 
-def test_force_keeps_points_the_planner_refuses(work_dir):
-    launch = _dry_launch(work_dir, "cluster=slurm_local", "model.tensor_model_parallel_size=1,2", force=True)
-    assert [p.kept for p in launch.points] == [True, True]
-    assert launch.points[1].forced and "tensor_model_parallel_size" in launch.points[1].reason
+def test_force_keeps_points_that_do_not_fit_in_memory_but_never_a_broken_rule(work_dir):
+    """--force overrides the memory verdict only: TP=2 on the hf backend breaks a rule and stays pruned."""
+    launch = _dry_launch(work_dir, "cluster=nig", "backend=hf", "model=elyza_llama2_7b", "trainer.devices=1",
+                         "model.global_batch_size=8", "model.micro_batch_size=8", "trainer.precision=32",
+                         "model.tensor_model_parallel_size=1,2", force=True)
+    too_big, broken = launch.points
+    assert too_big.kept and too_big.forced and not too_big.fits
+    assert not broken.kept and not broken.forced and "tensor_model_parallel_size" in broken.reason
 
 
 def test_nothing_to_run_fails_with_the_reasons(cli, work_dir):

@@ -154,27 +154,27 @@ def train_batching(examples: list[dict], args: argparse.Namespace, pad_token_id:
 TRAINING_ONLY_ARGS = frozenset({
     "output_dir", "events", "max_steps", "eval_steps", "patience", "min_delta", "micro_batch_size",
     "global_batch_size", "grad_accum", "lr", "lr_scheduler", "warmup_steps", "weight_decay", "grad_clip", "peft",
-    "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "precision", "seed", "save_total_limit", "resume",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "precision", "save_total_limit", "resume",
     "threads", "log_every", "packed_sequence", "group_by_length", "train_file", "valid_file",
 })
 
 
-def encode_splits(args: argparse.Namespace, tokenizer, read_rows, encode_split, split_type):
-    """(train, valid, whether both came from the cache): each split tokenized once per data checksum.
+def encode_splits(args: argparse.Namespace, tokenizer, load_splits, log):
+    """(train, valid, whether they came from the cache): the splits tokenized once per data checksum.
 
-    The cache sits in --output-dir (the run's own folder), so a requeued or resumed job reuses it."""
-    from hpc_ft.backends.hf_runtime.token_cache import cached_split
+    `load_splits(args, tokenizer, log)` is sft_data's reader; it runs only on a cache miss. The cache sits in
+    --output-dir (the run's own folder), so a requeued or resumed job reuses it."""
+    from hpc_ft.backends.hf_runtime.sft_data import TrainSplits
+    from hpc_ft.backends.hf_runtime.token_cache import cached_splits
 
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in TRAINING_ONLY_ARGS}
-    splits, hits = [], []
-    for path, argument in ((args.train_file, "--train-file"), (args.valid_file, "--valid-file")):
-        split, hit = cached_split(
-            args.output_dir, path, args.model_dir, settings,
-            lambda path=path, argument=argument: encode_split(tokenizer, read_rows(path, argument), args.max_seq_length),
-            encoder=encode_split, split_type=split_type)
-        splits.append(split)
-        hits.append(hit)
-    return splits[0], splits[1], all(hits)
+    files = [f for key in ("train_file", "valid_file") for f in _as_list(getattr(args, key))]
+    return cached_splits(args.output_dir, files, args.model_dir, settings,
+                         lambda: load_splits(args, tokenizer, log), encoder=load_splits, split_type=TrainSplits)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def first_step_event(events, tokens_counted: Callable[[], int], **startup):

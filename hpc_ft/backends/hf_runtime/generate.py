@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.errors import UserError
 
 
@@ -23,13 +24,14 @@ class EvalResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hpc_ft.backends.hf_runtime.generate",
-        description="Greedy generation on jsonl {input, output}; writes {input, pred, label} and exact-match accuracy.",
+        description="Greedy generation on the test rows rendered with the training template; writes {input, pred, label} "
+                    "(input: the rendered prompt) and exact-match accuracy.",
     )
     p.add_argument("--model-dir", required=True, help="base model folder")
     p.add_argument("--adapter", default="none",
                    help="PATH (LoRA adapter or full fine-tuned model), auto:<training output dir> (its best "
                         "checkpoint, resolved now), or none (the base alone)")
-    p.add_argument("--test-file", required=True, help="jsonl rows {input, output}")
+    add_data_arguments(p, ("test",))  # --test-file F [F ...], --data-options (format, template)
     p.add_argument("--output", required=True, help="predictions jsonl {input, pred, label} to write")
     p.add_argument("--base-output", default=None, help="also evaluate the untuned base; its predictions go here")
     p.add_argument("--max-new-tokens", type=int, default=10)
@@ -89,16 +91,16 @@ def load_model(model_dir: str | Path, adapter: Path | None):
     return model.eval()
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy decoding of each prompt (encoded as in training), batched with left padding; the new text only."""
+def generate_answers(model, tokenizer, rendered: list, max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy decoding of each rendered example's prompt (encoded as in training), batched with left padding; the new text only."""
     import torch
 
-    from hpc_ft.backends.hf_runtime.sft_data import encode_prompt
+    from hpc_ft.backends.hf_runtime.sft_data import encode_generation_prompt
 
     device = next(model.parameters()).device
     answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+    for start in range(0, len(rendered), batch_size):
+        encoded = [encode_generation_prompt(tokenizer, r) for r in rendered[start:start + batch_size]]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -116,29 +118,30 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
     return answers
 
 
-def evaluate(model, tokenizer, rows: list[dict], output: Path, max_new_tokens: int, batch_size: int) -> EvalResult:
+def evaluate(model, tokenizer, rows: list, output: Path, max_new_tokens: int, batch_size: int) -> EvalResult:
+    """rows: rendered test examples (hpc_ft.data.templates.Rendered): the prompt as trained, the reference answer."""
     started = time.perf_counter()
-    preds = generate_answers(model, tokenizer, [r["input"] for r in rows], max_new_tokens, batch_size)
+    preds = generate_answers(model, tokenizer, rows, max_new_tokens, batch_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     correct = 0
     with open(output, "w", encoding="utf-8") as handle:
         for row, pred in zip(rows, preds):
-            correct += exact_match(pred, row["output"])
-            handle.write(json.dumps({"input": row["input"], "pred": pred, "label": row["output"]}, ensure_ascii=False) + "\n")
+            correct += exact_match(pred, row.label)
+            handle.write(json.dumps({"input": row.prompt, "pred": pred, "label": row.label}, ensure_ascii=False) + "\n")
     return EvalResult(correct / len(rows), len(rows), output.resolve(), time.perf_counter() - started)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the arguments say; returns the eval_result event (also appended to --events)."""
     from hpc_ft.backends.hf_runtime.events import EventLog, say
-    from hpc_ft.backends.hf_runtime.sft_data import read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import load_rendered
+    from hpc_ft.data.spec import DataOptions
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} --batch-size={args.batch_size}: both must be at least 1.")
     if not (Path(args.model_dir) / "config.json").is_file():
         raise UserError(f"--model-dir {args.model_dir}: no config.json there; fetch or build the model first.")
     adapter = resolve_adapter(args.adapter, args.events)
-    rows = read_instruction_rows(args.test_file, "--test-file")
     import torch
 
     if args.threads:
@@ -147,6 +150,8 @@ def run(args: argparse.Namespace) -> dict:
 
     hf_logging.disable_progress_bar()
     tokenizer = load_tokenizer(args.model_dir)
+    rows = [r for part in load_rendered(args.test_file, DataOptions.from_json(args.data_options), tokenizer,
+                                        "--test-file") for r in part]
     base_result = None
     if args.base_output:
         base_model = load_model(args.model_dir, None)

@@ -1,4 +1,4 @@
-"""Build a tiny Llama base model from a prepared data folder: BPE tokenizer, short warm-up on the prompts only, saved like a hub snapshot."""
+"""Build a tiny Llama base model from the job's train files: BPE tokenizer, short warm-up on the prompts only, saved like a hub snapshot."""
 
 from __future__ import annotations
 
@@ -36,19 +36,38 @@ class TinyModelSpec:
     seed: int = 0
 
 
-def read_prompts(data_dir: Path) -> tuple[list[str], list[str]]:
-    """The prompts (`input`) and answers (`output`) of <data_dir>/train-v1.1.jsonl (else the first train*.jsonl)."""
-    from hpc_ft.backends.hf_runtime.sft_data import read_instruction_rows
-
+def train_files_in(data_dir: Path) -> list[Path]:
+    """--data-dir (kept for scripts): <data_dir>/train-v1.1.jsonl, else its first train*.jsonl."""
     candidates = [data_dir / "train-v1.1.jsonl"] + sorted(data_dir.glob("train*.jsonl"))
     train_file = next((path for path in candidates if path.is_file()), None)
     if train_file is None:
         raise UserError(
             f"--data-dir {data_dir}: no train*.jsonl there; prepare the data first "
-            "or point --data-dir at the folder holding train-v1.1.jsonl."
+            "or name the train files with --train-file."
         )
-    rows = read_instruction_rows(train_file, "--data-dir")
-    return [row["input"] for row in rows], [row["output"] for row in rows]
+    return [train_file]
+
+
+def read_prompts(train_files, options=None) -> tuple[list[str], list[str]]:
+    """The prompts and answers of the train files, rendered with the job's template (hpc_ft.data).
+
+    With the tokenizer's chat template (which this model does not have yet) the turns' own text is used."""
+    from hpc_ft.data.dataset import load_split
+    from hpc_ft.data.spec import DataOptions
+    from hpc_ft.data.templates import example_messages
+
+    options = options or DataOptions()
+    prompts, answers = [], []
+    for loaded in load_split([str(f) for f in train_files], options):
+        if loaded.template is not None:
+            prompts += [r.prompt for r in loaded.rendered]
+            answers += [r.label for r in loaded.rendered]
+            continue
+        for example in loaded.examples:
+            turns = example_messages(example, options.label_key)
+            prompts.append("\n".join(t["content"] for t in turns if t["role"] != "assistant"))
+            answers.append("\n".join(t["content"] for t in turns if t["role"] == "assistant"))
+    return prompts, answers
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -168,10 +187,14 @@ def warm_up(model, tokenizer, prompts: list[str], spec: TinyModelSpec) -> dict[s
     }
 
 
-def build_tiny_model(data_dir: str | Path, output: str | Path, spec: TinyModelSpec = TinyModelSpec(),
-                     if_missing: bool = False, log=print) -> Path:
-    """Train the tokenizer, build and warm up the model, save a snapshot to `output`; returns `output`."""
-    data_dir, output = Path(data_dir).expanduser(), Path(output).expanduser()
+def build_tiny_model(train_files, output: str | Path, spec: TinyModelSpec = TinyModelSpec(),
+                     if_missing: bool = False, log=print, options=None) -> Path:
+    """Train the tokenizer on the train files' rendered rows, build and warm up the model, save a snapshot to `output`.
+
+    `train_files`: the job's train files (a list), or a prepared data folder (its train-v1.1.jsonl)."""
+    if isinstance(train_files, (str, Path)):
+        train_files = train_files_in(Path(train_files).expanduser())
+    train_files, output = [Path(f).expanduser() for f in train_files], Path(output).expanduser()
     if if_missing and (output / "config.json").is_file():
         log(f"tiny model: {output} already has config.json; skipping (--if-missing)")
         return output
@@ -180,7 +203,7 @@ def build_tiny_model(data_dir: str | Path, output: str | Path, spec: TinyModelSp
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
-    prompts, answers = read_prompts(data_dir)
+    prompts, answers = read_prompts(train_files, options)
     tokenizer = train_tokenizer(prompts + answers, spec.vocab_size)
     model = build_model(spec, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
@@ -197,7 +220,7 @@ def build_tiny_model(data_dir: str | Path, output: str | Path, spec: TinyModelSp
     tokenizer.save_pretrained(staging)
     portable_tokenizer_config(staging / "tokenizer_config.json")
     (staging / "tiny_model.json").write_text(
-        json.dumps({"spec": asdict(spec), "parameters": n_params, "data_dir": str(data_dir.resolve()),
+        json.dumps({"spec": asdict(spec), "parameters": n_params, "train_files": [str(f.resolve()) for f in train_files],
                     "warmup_final_loss": {k: v[-1] if v else None for k, v in losses.items()}}, indent=2) + "\n",
         encoding="utf-8",
     )
@@ -219,9 +242,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = TinyModelSpec()
     parser = argparse.ArgumentParser(
         prog="python -m hpc_ft.backends.hf_runtime.tiny_model",
-        description="Build a tiny Llama model (tokenizer + warm-up on prompts) from a prepared data folder.",
+        description="Build a tiny Llama model (tokenizer + warm-up on prompts) from the job's train files.",
     )
-    parser.add_argument("--data-dir", required=True, help="folder holding train-v1.1.jsonl ({input, output} rows)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train-file", nargs="+", metavar="FILE",
+                        help="the job's train files (any format hpc_ft.data reads); the tokenizer learns their text")
+    source.add_argument("--data-dir", help="a prepared folder holding train-v1.1.jsonl ({input, output} rows)")
+    parser.add_argument("--data-options", default="{}", help="format and template as JSON (hpc_ft.data.spec.DataOptions)")
     parser.add_argument("--output", required=True, help="model folder to write (config.json, model.safetensors, ...)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when OUTPUT/config.json exists")
     parser.add_argument("--hidden", type=int, default=defaults.hidden)
@@ -264,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        build_tiny_model(args.data_dir, args.output, spec, if_missing=args.if_missing)
+        from hpc_ft.data.spec import DataOptions
+
+        build_tiny_model(args.train_file or args.data_dir, args.output, spec, if_missing=args.if_missing,
+                         options=DataOptions.from_json(args.data_options))
     except UserError as exc:
         print(f"tiny_model: error: {exc}", file=sys.stderr)
         return 2

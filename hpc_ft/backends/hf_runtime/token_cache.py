@@ -25,10 +25,12 @@ def _file_digest(path: Path, digest) -> None:
             digest.update(block)
 
 
-def cache_key(data_file: str | Path, model_dir: str | Path, settings: dict, encoder: Callable) -> str:
-    """Hex key of one split: data bytes, tokenizer files, the encoder's module source, the settings."""
+def cache_key(data_files, model_dir: str | Path, settings: dict, encoder: Callable) -> str:
+    """Hex key: the data files' bytes, the tokenizer's files, the encoder's module source, the settings."""
     digest = hashlib.sha256()
-    _file_digest(Path(data_file), digest)
+    for data_file in ([data_files] if isinstance(data_files, (str, Path)) else data_files):
+        digest.update(str(Path(data_file).name).encode())
+        _file_digest(Path(data_file), digest)
     for name in TOKENIZER_FILES:
         path = Path(model_dir) / name
         if path.is_file():
@@ -65,18 +67,18 @@ def load_split(path: Path, split_type):
     return split_type(examples=examples, **extra)
 
 
-def cached_split(cache_root: str | Path, data_file: str | Path, model_dir: str | Path, settings: dict,
-                 encode: Callable[[], object], encoder: Callable, split_type: type) -> tuple[object, bool]:
-    """(the encoded split, whether it came from the cache). `encode()` runs only on a miss; its result is stored.
-
-    `encoder` is the function whose module's source joins the key; `split_type` rebuilds a cached split."""
-    key = cache_key(data_file, model_dir, settings, encoder)
-    path = Path(cache_root) / CACHE_DIR / f"{Path(data_file).stem}-{key}.npz"
-    if path.is_file():
+def cached_splits(cache_root: str | Path, data_files: list, model_dir: str | Path, settings: dict,
+                  load: Callable[[], tuple], encoder: Callable, split_type: type) -> tuple[object, object, bool]:
+    """(train, valid, whether both came from the cache). `load()` -> (train, valid) runs only on a miss."""
+    key = cache_key(data_files, model_dir, settings, encoder)
+    paths = [Path(cache_root) / CACHE_DIR / f"{name}-{key}.npz" for name in ("train", "valid")]
+    if all(p.is_file() for p in paths):
         try:
-            return load_split(path, split_type), True
+            train, valid = (load_split(p, split_type) for p in paths)
+            return train, valid, True
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable (e.g. disk full when it was written): tokenize again and rewrite it
-    split = encode()
-    save_split(path, split)
-    return split, False
+    train, valid = load()
+    save_split(paths[0], train)
+    save_split(paths[1], valid)
+    return train, valid, False

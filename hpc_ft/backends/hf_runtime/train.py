@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.backends.hf_runtime import batching
 from hpc_ft.errors import UserError, did_you_mean
 
@@ -25,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised fine-tuning (loss on the answer only) with LoRA/QLoRA/full parameters.",
     )
     p.add_argument("--model-dir", required=True, help="base model folder (config.json, weights, tokenizer)")
-    p.add_argument("--train-file", required=True, help="jsonl rows {input, output}")
-    p.add_argument("--valid-file", required=True, help="jsonl rows {input, output}, for val_loss")
+    add_data_arguments(p, ("train", "validation"))  # --train-file, --valid-file, --train-weights, --data-options
     p.add_argument("--output-dir", required=True, help="checkpoint-N folders, best/, trainer_state.json go here")
     p.add_argument("--events", default=None, help="events file (JSON lines, appended)")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -240,7 +240,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
-    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, EncodedSplit, encode_split, read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, load_splits
 
     hf_logging.disable_progress_bar()  # progress bars garble Slurm logs; our lines report progress
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -256,14 +256,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         tokenizer.pad_token = tokenizer.eos_token
     # packing/grouping and the tokenized-data cache (batching.py, token_cache.py)
     started_data = time.perf_counter()
-    train, valid, from_cache = batching.encode_splits(args, tokenizer, read_instruction_rows, encode_split, EncodedSplit)
+    train, valid, from_cache = batching.encode_splits(args, tokenizer, load_splits, log)
     data_seconds = time.perf_counter() - started_data
-    for name, split in (("train", train), ("valid", valid)):
-        if split.truncated or split.dropped:
-            log(f"[data] {name}: {split.truncated} prompts cut to --max-seq-length={args.max_seq_length}, "
-                f"{split.dropped} rows dropped (answer alone too long)")
-        if not split.examples:
-            raise UserError(f"--max-seq-length={args.max_seq_length}: no {name} row fits; raise it.")
 
     started_model = time.perf_counter()
     model = load_model(args, has_cuda)
@@ -283,6 +277,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption,
                  batching.first_step_event(events, lambda: tokens_counted[0], data_seconds=data_seconds,
                                            model_seconds=model_seconds, tokenized_from_cache=from_cache)]
+    if world_size > 1:  # each rank says where it ran and what it ended with (multi-node checks read it)
+        from hpc_ft.backends.hf_runtime.ranks import RankReport
+
+        callbacks.append(RankReport(world_size))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
