@@ -228,7 +228,7 @@ def pack_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
         ("+output_dir", os.path.join(run_dir, "data")),
         ("+pack_sizes", [d.max_seq_length]),
         ("+seed", PACK_SEED),
-    ]
+    ] + data_overrides(spec, "train_ds")  # the same prompt template and label key as the training
 
 
 def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
