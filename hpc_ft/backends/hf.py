@@ -7,54 +7,16 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
+    LORA_TARGETS, PEFT_SCHEMES, eval_interval, lora_targets, max_steps, paths)
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 
-# NeMo's LoRA target names -> the Llama/Mistral module names in transformers. Other names pass through.
-LORA_TARGETS = {
-    "attention_qkv": ["q_proj", "k_proj", "v_proj"],
-    "attention_dense": ["o_proj"],
-    "mlp_fc1": ["gate_proj", "up_proj"],
-    "mlp_fc2": ["down_proj"],
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
-PEFT_SCHEMES = {"lora": "lora", "qlora": "qlora", "none": "none"}
 
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
-
-
-def lora_targets(names) -> List[str]:
-    out: List[str] = []
-    for n in names:
-        for t in LORA_TARGETS.get(n, [n]):
-            if t not in out:
-                out.append(t)
-    return out
-
-
-def eval_interval(spec: DictConfig, max_steps: int) -> int:
-    v = spec.trainer.val_check_interval
-    if isinstance(v, float):
-        return max(1, round(v * max_steps))
-    return int(v)
-
-
-def max_steps(spec: DictConfig) -> int:
-    return int(spec.sweep.steps or spec.trainer.max_steps)
-
-
-def paths(run_dir: str) -> Dict[str, str]:
-    return {
-        "checkpoints": os.path.join(run_dir, "checkpoints"),
-        "events": os.path.join(run_dir, "events.jsonl"),
-        "predictions": os.path.join(run_dir, "predictions", "test_predictions.jsonl"),
-        "base_predictions": os.path.join(run_dir, "predictions", "base_predictions.jsonl"),
-    }
 
 
 def data_args(spec: DictConfig, splits) -> List[Token]:
@@ -78,6 +40,10 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    if spec.task.name != "sft":  # classification, NER, preference: their own steps
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.train_steps(spec, run_dir)
     m, t = spec.model, spec.trainer
     p = paths(run_dir)
     steps_n = max_steps(spec)
@@ -136,6 +102,10 @@ def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """Greedy generation on the test split with the best checkpoint, resolved when the job starts."""
+    if spec.task.name != "sft":
+        from hpc_ft.backends import hf_tasks
+
+        return hf_tasks.eval_steps(spec, run_dir)
     p = tp = paths(run_dir)
     py = python_exe(spec)
     cmd: List[Token] = [
@@ -155,7 +125,7 @@ class HfBackend:
     """hf as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to hf's run reader."""
 
     name = "hf"
-    tasks = ("sft",)
+    tasks = ("sft", "classification", "token_classification", "preference")  # the last three: hf_tasks
     keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
 
     def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:

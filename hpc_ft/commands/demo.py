@@ -45,7 +45,13 @@ def run_demo(overrides: List[str]) -> int:
     launch = launch_run(spec, [*base, *overrides], with_eval=True, registry=reg)
     print(f"hpc-ft demo: run {launch.run_id} started on this machine (local executor, pid {launch.job_ids['train']})")
     print(f"  run dir {launch.run_dir}")
-    print(f"  steps: build the tiny Llama (if missing), LoRA fine-tune with early stopping, then greedy eval")
+    if spec.task.name == "sft":
+        print("  steps: build the tiny Llama (if missing), LoRA fine-tune with early stopping, then greedy eval")
+    else:
+        es = spec.exp_manager.early_stopping_callback_params
+        print(f"  steps: build the tiny {spec.model.family} base (if missing), train the {spec.task.name} head "
+              f"({spec.model.peft.peft_scheme}) with early stopping on {es.monitor}, then score the test split "
+              "beside the untuned model")
     row = reg.get(launch.run_id)
     last = [""]
 
@@ -59,7 +65,8 @@ def run_demo(overrides: List[str]) -> int:
     launch.local_job.wait() if hasattr(launch.local_job, "wait") else None
     st = run_status(row, reg)
     print(report(st, time.time() - t0, launch.run_dir))
-    return 0 if st["state"] == "COMPLETED" and st.get("accuracy") is not None else 1
+    done = st.get("metrics") if spec.task.name != "sft" else st.get("accuracy") is not None
+    return 0 if st["state"] == "COMPLETED" and done else 1
 
 
 def _val_curve(run_dir: Path):
@@ -82,8 +89,19 @@ def report(st, wall_s: float, run_dir: Path) -> str:
         lines.append(f"val loss        {first[1]:.4f} at step {first[0]} -> best {best[1]:.4f} at step {best[0]}"
                      f" ({len(vals)} validations)")
     lines.append(f"best checkpoint {st.get('best_checkpoint') or '-'}")
+    if st.get("monitor"):
+        lines.append(f"best {st['monitor']:10} {st['best_metric']:.4f} (the metric early stopping followed)"
+                     if st.get("best_metric") is not None else f"monitor         {st['monitor']}")
     acc, base = st.get("accuracy"), st.get("base_accuracy")
-    if acc is not None:
+    if st.get("metrics"):
+        from hpc_ft.track.status import HEADLINE_METRICS
+
+        tuned, untuned = st["metrics"], st.get("base_metrics") or {}
+        for name in HEADLINE_METRICS:
+            if name in tuned:
+                was = f" vs untuned {untuned[name]:.4f}" if name in untuned else ""
+                lines.append(f"{name:15} fine-tuned {tuned[name]:.4f}{was} on the held-out test split")
+    elif acc is not None:
         gain = f"  ({(acc - base) * 100:+.1f} points)" if base is not None else ""
         lines.append(f"accuracy        fine-tuned {acc:.1%} vs untuned base {base:.1%}{gain} on the held-out test split"
                      if base is not None else f"accuracy        fine-tuned {acc:.1%}")

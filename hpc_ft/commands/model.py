@@ -187,6 +187,38 @@ def hf_best_checkpoint(run_dir):
         ) from None
 
 
+def task_labels_file(spec, run_dir, best):
+    """labels.json of a classification/NER/preference run (beside the best checkpoint, else the run's data/)."""
+    from pathlib import Path
+
+    if spec.task.name == "sft":
+        return None
+    for candidate in (Path(best) / "labels.json", Path(run_dir) / "best" / "labels.json",
+                      Path(run_dir) / "data" / "labels.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def task_head_kwargs(spec, run_dir, best) -> dict:
+    """For a task run: merge into the AutoModelFor...Classification the run trained, with its labels."""
+    import json
+
+    from hpc_ft.errors import UserError
+    from hpc_ft.tasks import task_def
+
+    if spec.task.name == "sft":
+        return {}
+    labels_file = task_labels_file(spec, run_dir, best)
+    if labels_file is None:
+        raise UserError(f"run {run_dir}: no labels.json (data/ or beside the checkpoint); the head's label names are "
+                        "needed to export it.")
+    labels = json.loads(labels_file.read_text(encoding="utf-8"))["labels"]
+    return {"auto_class": task_def(spec.task.name).auto_model,
+            "model_kwargs": {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                             "label2id": {n: i for i, n in enumerate(labels)}}}
+
+
 def _export_hf(row, spec, out, args) -> int:
     import json
     import shutil
@@ -210,7 +242,7 @@ def _export_hf(row, spec, out, args) -> int:
     if is_adapter:
         from hpc_ft.models.convert import merge_lora
 
-        merge_lora(base, best, out, overwrite=args.force)
+        merge_lora(base, best, out, overwrite=args.force, **task_head_kwargs(spec, row["run_dir"], best))
     else:
         if not (best / "config.json").is_file():
             raise UserError(f"{best}: neither an adapter (adapter_config.json) nor a model (config.json)")
@@ -219,6 +251,9 @@ def _export_hf(row, spec, out, args) -> int:
         skip = shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json",
                                       "training_args.bin", "scaler.pt")
         shutil.copytree(best, out, ignore=skip)
+    labels = task_labels_file(spec, row["run_dir"], best)
+    if labels is not None:
+        shutil.copyfile(labels, out / "labels.json")  # the label names travel with the model
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

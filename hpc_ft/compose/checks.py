@@ -40,6 +40,7 @@ def check_spec(spec: DictConfig) -> None:
     _choice("cluster.container_runtime", c.container_runtime, RUNTIMES)
     _choice("cluster.gpu.request", c.gpu.request, GPU_REQUESTS)
     _choice("backend.name", spec.backend.name, BACKENDS)
+    _check_task(spec)
     _choice("trainer.precision", str(spec.trainer.precision), PRECISIONS)
     _choice("model.activations_checkpoint_granularity", spec.model.activations_checkpoint_granularity, RECOMPUTE)
     if not _TIME.match(str(c.time)):
@@ -119,6 +120,17 @@ def check_spec(spec: DictConfig) -> None:
     _at_least("sweep.parallelism", sw.parallelism, 1)
     if not spec.exp_manager.name or "/" in spec.exp_manager.name:
         raise UserError(f"exp_manager.name={spec.exp_manager.name}: must be a non-empty name without '/'.")
+
+
+def _check_task(spec: DictConfig) -> None:
+    from hpc_ft.tasks import ALL_TASKS
+
+    _choice("task.name", spec.task.name, ALL_TASKS)
+    from hpc_ft.backends import get_backend
+
+    if spec.task.name not in get_backend(spec.backend.name).tasks:
+        raise UserError(f"task={spec.task.name}: backend={spec.backend.name} fine-tunes causal LMs only (task=sft); "
+                        f"use backend=hf for {spec.task.name}.")
 
 
 def _no_line_break(key: str, value) -> None:

@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from hpc_ft.compose.schema import JobSpec
 from hpc_ft.errors import UserError, did_you_mean
 
-GROUPS = ("cluster", "container", "backend", "model", "peft", "data", "template", "experiment")
+GROUPS = ("cluster", "container", "backend", "model", "peft", "data", "template", "task", "experiment")
 USER_CONF_ENV = "HPC_FT_CONF_DIR"
 
 

@@ -209,6 +209,12 @@ class SyntheticDataConf:
 
 
 @dataclass
+class DataSplitConf:
+    validation: Optional[float] = None    # carve this fraction of the train file out as the validation split
+    seed: int = 42                        # the split's shuffle seed (recorded in run.json)
+
+
+@dataclass
 class DataConf:
     name: str = MISSING
     preparer: str = "jcommonsenseqa"      # what writes data.dir from data.source: jcommonsenseqa | alpaca
@@ -218,13 +224,26 @@ class DataConf:
     n_valid: int = 1000
     synthetic: SyntheticDataConf = field(default_factory=SyntheticDataConf)
     dir: str = MISSING
-    format: str = "auto"                  # auto | nemo | alpaca | chat | sharegpt | columns (hpc_ft.data.formats)
-    columns: Dict[str, str] = field(default_factory=dict)   # template field -> column of the rows
+    # sft: auto | nemo | alpaca | chat | sharegpt | columns (hpc_ft.data.formats);
+    # classification/NER/preference: auto (from the extension) | jsonl | csv | parquet | conll (hpc_ft.tasks.rows)
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)   # template (or task) field -> column of the rows
     prompt_template_no_input: Optional[str] = None  # the template for rows whose `input` is empty
     chat_template: bool = False           # render with the tokenizer's own chat template (template=chat)
     train_file: str = MISSING
-    validation_file: str = MISSING
-    test_file: str = MISSING
+    validation_file: Optional[str] = MISSING  # null: carved out of the train file by data.split.validation
+    test_file: Optional[str] = MISSING
+    split: DataSplitConf = field(default_factory=DataSplitConf)
+
+
+@dataclass
+class TaskConf:
+    """What is learnt: sft (causal LM on {input, output}), classification, token_classification, preference."""
+
+    name: str = "sft"
+    labels: Optional[List[str]] = None    # a fixed label set (preference: [a, b, tie]); null: collected from train
+    # a sentence/row longer than max_seq_length: split (token_classification) | truncate | refuse
+    overlong: str = "refuse"
 
 
 @dataclass
@@ -246,5 +265,6 @@ class JobSpec:
     model: ModelConf = field(default_factory=ModelConf)
     exp_manager: ExpManagerConf = field(default_factory=ExpManagerConf)
     data: DataConf = field(default_factory=DataConf)
+    task: TaskConf = field(default_factory=TaskConf)
     sweep: SweepConf = field(default_factory=SweepConf)
     secrets: List[str] = field(default_factory=list)

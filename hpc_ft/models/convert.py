@@ -276,8 +276,13 @@ def merge_lora(
     *,
     dtype: str = "auto",
     overwrite: bool = False,
+    auto_class: str = "AutoModelForCausalLM",
+    model_kwargs: dict | None = None,
 ) -> Path:
     """Merge a peft LoRA adapter into its base model and save a plain HF model folder (safetensors).
+
+    ``auto_class``/``model_kwargs``: how the base is loaded, e.g. AutoModelForSequenceClassification with
+    num_labels/id2label for a classification run (its trained head comes from the adapter's modules_to_save).
 
     The tokenizer files are copied from the adapter folder when it has them (training may have
     added tokens), otherwise from the base. Prompt-learning adapters (p-tuning, prompt tuning)
@@ -303,9 +308,8 @@ def merge_lora(
     import torch
     import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"local_files_only": True}
+    kwargs: dict = {"local_files_only": True, **(model_kwargs or {})}
     if dtype != "auto":
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
@@ -314,7 +318,7 @@ def merge_lora(
         torch_dtype = "auto"
     major = int(transformers.__version__.split(".")[0])
     kwargs["dtype" if major >= 5 else "torch_dtype"] = torch_dtype
-    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    model = getattr(transformers, auto_class).from_pretrained(str(base), **kwargs)
     peft_model = PeftModel.from_pretrained(model, str(adapter))
     merged = peft_model.merge_and_unload()
 

@@ -1,7 +1,7 @@
 """Model architectures for the planner: shapes and parameter counts read from a HF ``config.json``.
 
-Supported ``model_type`` values: ``llama`` (incl. GQA, e.g. Llama-3), ``mistral`` and
-``gpt_neox`` (e.g. rinna/japanese-gpt-neox-3.6b). A family entry says which keys to read and how
+Supported ``model_type`` values: ``llama`` (incl. GQA, e.g. Llama-3), ``mistral``,
+``gpt_neox`` (e.g. rinna/japanese-gpt-neox-3.6b) and the encoder ``bert`` (classification and NER heads). A family entry says which keys to read and how
 the blocks are built (gated SwiGLU vs GELU MLP, RMSNorm vs LayerNorm with bias, biases on the
 projections, parallel residual). Unknown model types and missing keys raise :class:`UserError`
 naming the file and the key.
@@ -80,6 +80,23 @@ FAMILIES: Mapping[str, Family] = {
         hf_modules={
             "query_key_value": "qkv", "dense": "o",
             "dense_h_to_4h": "up", "dense_4h_to_h": "down",
+        },
+    ),
+    # an encoder (the classification/NER tasks): LayerNorm with bias, biased projections, a GELU MLP; as a
+    # classifier it has no LM head (its MLM head shares the embedding). Module names as peft matches them.
+    "bert": Family(
+        name="bert",
+        gated_mlp=False,
+        norm_bias=True,
+        qkv_bias_default=True,
+        out_bias_default=True,
+        mlp_bias_default=True,
+        parallel_residual_default=False,
+        tied_default=True,
+        kv_key=None,
+        hf_modules={
+            "query": "q", "key": "k", "value": "v", "attention.output.dense": "o",
+            "intermediate.dense": "up", "output.dense": "down",
         },
     ),
 }

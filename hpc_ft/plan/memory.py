@@ -414,6 +414,10 @@ def estimate_hf(req: PlanRequest, gpu: Gpu) -> Estimate:
     per_layer = _hf_layer_activation_bytes(req, s, e)
     sbh = s * req.mbs * a.hidden
     logits = HF_LOGIT_BYTES * s * req.mbs * a.vocab
+    if req.head_classes:  # a classification head: no vocabulary logits; one row per sample, or per token (NER)
+        logits = HF_LOGIT_BYTES * (s if req.head_per_token else 1) * req.mbs * req.head_classes
+        notes.append(f"{'token' if req.head_per_token else 'sequence'}-classification head over "
+                     f"{req.head_classes} classes (no vocabulary logits)")
     if req.gradient_checkpointing:
         # each layer's input is kept; one layer is recomputed at a time, after the loss buffers
         # are freed, so its working set counts only where it exceeds them

@@ -101,6 +101,11 @@ class PlanRequest:
       * ``hf_attention``: hf backend ``attn_implementation``: 'sdpa', 'eager' or 'flash_attention_2'.
       * ``dropout``: hidden/attention dropout (NeMo fine-tuning default 0.0: no dropout masks stored).
 
+    Head (hf backend, the classification tasks)
+      * ``head_classes``: None for a causal LM (logits over the vocabulary); the number of classes of a
+        sequence-classification head (one row of logits per sample) or of a token-classification head
+        (``head_per_token``: logits over the tags at every position).
+
     Verdict
       * ``headroom``: fraction of the device memory kept free as a safety margin (0.10 = 10 %).
     """
@@ -140,6 +145,8 @@ class PlanRequest:
     hf_attention: str = "sdpa"
     dropout: float = 0.0
     headroom: float = 0.10
+    head_classes: Optional[int] = None
+    head_per_token: bool = False
 
     @property
     def world_size(self) -> int:

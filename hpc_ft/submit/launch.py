@@ -25,6 +25,7 @@ from hpc_ft.render import JobScript, Step, render_job_script
 from hpc_ft.render.render import sbatch_options
 from hpc_ft.submit import rundir as rd
 from hpc_ft.submit.record import RunRecord, register, submitter, write_record
+from hpc_ft.tasks.prepare import prepare_task_data, task_source_checksums, task_summary
 
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -242,27 +243,38 @@ def launch_run(spec: DictConfig, overrides: Sequence[str], *, dry_run: bool = Fa
     notes: List[str] = []
     check_inputs(spec, dry_run, notes)
     with writable("data.dir", spec.data.dir):
-        ensure_data(spec, dry_run, notes)
+        task_data = prepare_task_data(spec, dry_run, notes)  # classification/NER/preference: their own reading
+        if spec.task.name == "sft":
+            ensure_data(spec, dry_run, notes)
     from hpc_ft.data.checks import backend_data_files, check_job_data
 
-    data_report = check_job_data(spec, dry_run=dry_run, notes=notes)  # every row, before anything is queued
+    data_report = None
+    if spec.task.name == "sft":
+        data_report = check_job_data(spec, dry_run=dry_run, notes=notes)  # every row, before anything is queued
     run_id = rd.new_run_id()
     run_dir = run_dir_for(spec, run_id, dry_run, out)
-    data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
+    data_files = None
+    if data_report is not None:
+        data_files = backend_data_files(spec, data_report, run_dir)  # nemo: file_names -> run_dir/data/*.jsonl
     scripts = render_scripts(spec, run_dir, run_id, with_eval)
-    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out),
-                    data_summary=data_report.summary_lines())
-    if dry_run and not out:
-        return launch  # a dry run leaves nothing behind (and needs no record)
+    # a task: the user's files' checksums, then (below) the checked splits and labels the job reads, in run_dir/data/
+    data = data_files.record if data_files is not None else {"files": task_source_checksums(spec)}
     record = new_record(
         spec, run_id, run_dir, dry_run=dry_run, overrides=list(overrides), config_hash=rd.config_hash(spec),
-        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data_files.record,
+        eval=bool(with_eval), requeues=0, submitted_by=submitter(), data=data,
         container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                    "digest": image_digest(spec, dry_run)},
         registry=str(registry.path) if registry is not None else None)
+    launch = Launch(run_id=run_id, run_dir=run_dir, scripts=scripts, notes=notes, written=not dry_run or bool(out),
+                    data_summary=data_report.summary_lines() if data_report is not None else task_summary(task_data))
+    if dry_run and not out:
+        return launch  # a dry run leaves nothing behind
     with writable("exp_manager.exp_dir", str(run_dir.parent)):
         rd.make_run_dir(spec, run_id, parent=str(run_dir.parent))
-    data_files.write()  # the converted files (their sha256 into the record)
+    if data_files is not None:
+        data_files.write()  # the converted files (their sha256 into the record)
+    elif task_data is not None:
+        data["task"] = task_data.write(run_dir / "data")
     rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
     paths: Dict[str, Path] = {}
     for kind, script in scripts.items():

@@ -33,6 +33,13 @@ def model_config_source(spec: DictConfig) -> Optional[Any]:
     for root in (user_conf_dir(), conf_dir()):
         if root and (root / SHIPPED_CONFIGS / f"{m.name}.json").is_file():
             return str(root / SHIPPED_CONFIGS / f"{m.name}.json")
+    if m.build == "tiny" and m.family == "bert":
+        from hpc_ft.backends.hf_runtime.tiny_task_model import TinyEncoderSpec
+
+        e = TinyEncoderSpec()
+        return {"model_type": "bert", "hidden_size": e.hidden, "intermediate_size": e.intermediate,
+                "num_hidden_layers": e.layers, "num_attention_heads": e.heads, "vocab_size": e.vocab_size,
+                "max_position_embeddings": e.max_positions}
     if m.build == "tiny":
         from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec
 
@@ -85,12 +92,29 @@ def plan_request(spec: DictConfig, source=None, **changes):
         optimizer="adamw_torch" if hf else m.optim.name,
         recompute=None if hf else m.activations_checkpoint_granularity,
         flash_attention=flash,
+        **_head(spec),
     )
     return req.with_(**changes) if changes else req
 
 
+def _head(spec: DictConfig) -> Dict[str, Any]:
+    """The classification tasks' head for the planner: classes known from task.labels, else a generous guess."""
+    task = spec.task.name
+    if task == "sft":
+        return {}
+    if task == "preference":
+        return {"head_classes": 3}
+    guess = 64 if task == "token_classification" else 16  # the labels are read from the data at submit
+    return {"head_classes": len(spec.task.labels) if spec.task.labels else guess,
+            "head_per_token": task == "token_classification"}
+
+
 def _lora_targets(spec: DictConfig) -> tuple:
     names = list(spec.model.peft.lora_tuning.target_modules)
+    if spec.backend.name == "hf" and spec.task.name != "sft":
+        from hpc_ft.backends.hf_tasks import lora_target_list
+
+        return tuple(lora_target_list(spec).split(","))  # what the task job targets (all-linear off Llama)
     if spec.backend.name == "hf":
         from hpc_ft.backends.hf import lora_targets
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hpc_ft.errors import UserError
 from hpc_ft.compose.points import Point, SpecView, compose_points, with_values
+from hpc_ft.tasks.prepare import task_data_key
 
 from hpc_ft.submit.rundir import POINTS_JSON, SWEEP_JSON  # noqa: E402,F401 - where the sweep's files are named
 ARRAY_SCRIPT = "array.sbatch"
@@ -249,6 +250,7 @@ class _Inputs:
         self.dry_run, self.notes = dry_run, notes
         self._checked: set = set()
         self._data: Dict[Tuple, Dict[str, Optional[str]]] = {}
+        self._task: Dict[Tuple, Any] = {}  # a classification/NER/preference point's checked data (PreparedTask)
         self._digest: Dict[Tuple, Optional[str]] = {}
 
     def check(self, spec: SpecView) -> None:
@@ -261,6 +263,13 @@ class _Inputs:
             check_inputs(spec, self.dry_run, self.notes)
             self._dedupe(before)
             self._checked.add(key)
+        tkey = task_data_key(spec)
+        if tkey is not None and tkey not in self._task:
+            from hpc_ft.tasks.prepare import prepare_task_data
+
+            before = len(self.notes)
+            self._task[tkey] = prepare_task_data(spec, self.dry_run, self.notes)
+            self._dedupe(before)
         d = spec.data
         dkey = (d.dir, d.train_file, d.validation_file, d.test_file, d.source)
         if dkey not in self._data:
@@ -287,6 +296,11 @@ class _Inputs:
                             "`hpc-ft train ... --dry-run` (its run folder's data/) and sweep over those files.")
         self._data[key] = report.checksums()
         self._dedupe(before)
+
+    def task_record(self, spec: SpecView, run_dir: Path) -> Dict[str, Any]:
+        """A task point's checked splits and labels written into its run's data/ (run.json's data.task)."""
+        prepared = self._task.get(task_data_key(spec))
+        return {"task": prepared.write(run_dir / "data")} if prepared is not None else {}
 
     def checksums(self, spec: SpecView) -> Dict[str, Optional[str]]:
         from hpc_ft.data.spec import options_from_spec, splits_from_spec
@@ -392,7 +406,7 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
             config_hash=rd.text_hash(text), eval=with_eval, requeues=0, submitted_by=who,
             container={"runtime": spec.cluster.container_runtime, "image": spec.container.image,
                        "digest": inputs.digest(spec)},
-            data={"files": inputs.checksums(spec)}, sweep_id=sweep_id, sweep_dir=str(sweep_dir),
+            data={"files": inputs.checksums(spec), **inputs.task_record(spec, run_dir)}, sweep_id=sweep_id, sweep_dir=str(sweep_dir),
             point=pp.point.index, task=pp.task)
         record.executor = executor.name
         records.append(record)

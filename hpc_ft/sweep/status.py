@@ -80,7 +80,8 @@ def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict
                                                       "tp", "pp", "mbs", "gbs", "lr")}
     row.update(job_id=None, state=None, step=None, max_steps=None, step_time_s=None, tokens_per_s=None,
                peak_mem_mb=None, end_cause=None, cause=None, train_loss=None, best_val_loss=None,
-               best_checkpoint=None, early_stopped=None, accuracy=None, base_accuracy=None)
+               best_checkpoint=None, early_stopped=None, accuracy=None, base_accuracy=None, monitor=None,
+               best_metric=None, metrics=None)
     if not point.get("kept"):
         row.update(state=PRUNED, cause=point.get("reason") or "pruned")
         return row
@@ -112,7 +113,8 @@ def _point_row(point: Dict[str, Any], run: Optional[Dict[str, Any]], sched: Dict
                tokens_per_s=st.get("tokens_per_s"), peak_mem_mb=peak_memory_mb(run_dir, backend),
                end_cause=st.get("end_cause"), train_loss=st.get("train_loss"), best_val_loss=st.get("best_val_loss"),
                best_checkpoint=st.get("best_checkpoint"), early_stopped=st.get("early_stopped"),
-               accuracy=st.get("accuracy"), base_accuracy=st.get("base_accuracy"))
+               accuracy=st.get("accuracy"), base_accuracy=st.get("base_accuracy"), monitor=st.get("monitor"),
+               best_metric=st.get("best_metric"), metrics=st.get("metrics"))
     if state not in (SUCCESS, "RUNNING", "PENDING", "REQUEUED", "CONFIGURING", "COMPLETING"):
         reason = st.get("end_reason") or sched.get("Reason") or ""
         row["cause"] = f"{st.get('end_cause')}: {reason}" if reason else st.get("end_cause")
@@ -165,7 +167,12 @@ def _record(registry, rows: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]
 
 
 def best_point(status: Dict[str, Any]) -> Dict[str, Any]:
-    """The fastest successful point: most tokens/s, ties (or no tokens/s reported) by fewest s/step."""
+    """The fastest successful point: most tokens/s, ties (or no tokens/s reported) by fewest s/step; for a
+    classification/NER/preference sweep, the point whose monitored metric (val_f1, val_log_loss, ...) is best."""
+    scored = [r for r in status["points"] if r["state"] == SUCCESS and r.get("monitor") and r.get("best_metric") is not None]
+    if scored and status.get("steps") is None:
+        lower = scored[0]["monitor"].endswith("loss")
+        return (min if lower else max)(scored, key=lambda r: r["best_metric"])
     done = [r for r in status["points"] if r["state"] == SUCCESS
             and (r.get("tokens_per_s") is not None or r.get("step_time_s") is not None)]
     if not done:
@@ -188,6 +195,11 @@ def _num(v: Optional[float], fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _metric(r: Dict[str, Any]) -> str:
+    """'val_f1 0.9512': a task point's monitored metric at its best checkpoint ('-' for SFT)."""
+    return f"{r['monitor']} {r['best_metric']:.4f}" if r.get("monitor") and r.get("best_metric") is not None else "-"
+
+
 def format_sweep_status(st: Dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in st["counts"].items())
     from hpc_ft.executors import executor_named
@@ -197,14 +209,15 @@ def format_sweep_status(st: Dict[str, Any]) -> str:
     lines = [f"sweep {st['sweep_id']}  ({st.get('name')}, {st.get('backend')} on {st.get('cluster')}, {where})",
              f"points   {st['total']} ({counts})",
              f"{'POINT':>5} {'TASK':>4} {'TP':>3} {'PP':>3} {'MBS':>4} {'GBS':>5} {'LR':>8}  {'STATE':13} "
-             f"{'STEP':>9} {'S/STEP':>8} {'TOKENS/S':>10} {'PEAK MB':>8}  CAUSE"]
+             f"{'STEP':>9} {'S/STEP':>8} {'TOKENS/S':>10} {'PEAK MB':>8} {'BEST METRIC':>18}  CAUSE"]
     for r in st["points"]:
         cells = ["-" if r.get(k) is None else str(r[k]) for k in ("task", "tp", "pp", "mbs", "gbs")]
         step = "-" if r.get("step") is None else f"{r['step']}/{r.get('max_steps') or '-'}"
         lines.append(
             f"{r['index']:>5} {cells[0]:>4} {cells[1]:>3} {cells[2]:>3} {cells[3]:>4} {cells[4]:>5} "
             f"{_num(r.get('lr'), 'g'):>8}  {r['state']:13} {step:>9} {_num(r.get('step_time_s'), '.4f'):>8} "
-            f"{_num(r.get('tokens_per_s'), ',.0f'):>10} {_num(r.get('peak_mem_mb'), '.0f'):>8}  {r.get('cause') or ''}")
+            f"{_num(r.get('tokens_per_s'), ',.0f'):>10} {_num(r.get('peak_mem_mb'), '.0f'):>8} "
+            f"{_metric(r):>18}  {r.get('cause') or ''}")
     lines.append(f"dir      {st['sweep_dir']}")
     return "\n".join(lines)
 
@@ -216,7 +229,8 @@ def format_best(st: Dict[str, Any], best: Dict[str, Any]) -> str:
     return "\n".join([
         f"best point {best['index']} (task {best['task']}, run {best['run_id']}): "
         f"{_num(best.get('tokens_per_s'), ',.0f')} tokens/s, {_num(best.get('step_time_s'), '.4f')} s/step "
-        f"(TP {best.get('tp')}, PP {best.get('pp')}, MBS {best.get('mbs')}, GBS {best.get('gbs')})",
+        f"(TP {best.get('tp')}, PP {best.get('pp')}, MBS {best.get('mbs')}, GBS {best.get('gbs')})"
+        + (f"; best {_metric(best)}" if best.get("monitor") else ""),
         f"  swept:     {swept}",
         f"  overrides: {' '.join(best.get('overrides') or [])}",
         f"  run it:    hpc-ft train {shlex.join(best.get('overrides') or [])}",

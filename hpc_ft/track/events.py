@@ -153,14 +153,39 @@ class TrainEnd:
     step: int | None = None
     best_val_loss: float | None = None
     best_checkpoint: str | None = None
+    monitor: str | None = None  # the metric the best checkpoint follows, when not val_loss (val_f1, ...)
+    best_metric: float | None = None  # its best value
+
+
+def score_pairs(value: Any) -> tuple:
+    """Metrics as sorted (name, value) pairs (hashable), from a mapping or from pairs read back from JSON."""
+    items = value.items() if isinstance(value, dict) else (value or ())
+    return tuple(sorted((str(k), float(v)) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)))
+
+
+@dataclass(frozen=True)
+class ValScores:
+    """A task's validation metrics at one evaluation (val_f1, val_accuracy, ...), besides ValLoss."""
+
+    step: int
+    scores: tuple = ()  # ((name, value), ...)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", score_pairs(self.scores))
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Accuracy of the fine-tuned model (and of the base model) on the evaluation set."""
+    """Accuracy of the fine-tuned model (and of the base model) on the evaluation set; a task's metrics by name."""
 
     accuracy: float | None
     base_accuracy: float | None = None
+    metrics: tuple = ()  # ((name, value), ...): accuracy, f1, log_loss, ... of the fine-tuned model
+    base_metrics: tuple = ()  # the same for the untuned model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", score_pairs(self.metrics))
+        object.__setattr__(self, "base_metrics", score_pairs(self.base_metrics))
 
 
 @dataclass(frozen=True)
@@ -175,6 +200,7 @@ Event = Union[
     AttemptStarted,
     Progress,
     ValLoss,
+    ValScores,
     CheckpointSaved,
     CheckpointRemoved,
     EarlyStop,
@@ -192,6 +218,7 @@ EVENT_KINDS: dict[str, type] = {
     "attempt_started": AttemptStarted,
     "progress": Progress,
     "val_loss": ValLoss,
+    "val_scores": ValScores,
     "checkpoint_saved": CheckpointSaved,
     "checkpoint_removed": CheckpointRemoved,
     "early_stop": EarlyStop,

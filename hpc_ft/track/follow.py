@@ -127,6 +127,9 @@ def progress_line(st: Dict, width: int = 30) -> str:
         parts.append(f"val {st['val_loss']:.4f}")
     elif st.get("best_val_loss") is not None:
         parts.append(f"best val {st['best_val_loss']:.4f}")
+    if st.get("monitor") and st.get("val_metric") is not None:  # a task's own metric (val_f1, ...)
+        best = st.get("best_metric")
+        parts.append(f"{st['monitor']} {st['val_metric']:.4f}" + (f" (best {best:.4f})" if best is not None else ""))
     sps = st.get("step_time_s")
     if sps:
         parts.append(f"{sps:.3f} s/step")

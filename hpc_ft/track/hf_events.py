@@ -4,12 +4,13 @@
 
     {"kind": "start", "max_steps": 400, "resumed_from": null, ...}
     {"kind": "train", "step": 10, "loss": 2.1, "step_time_s": 0.03, "tokens_per_s": 31000, ...}
-    {"kind": "eval", "step": 25, "val_loss": 1.9}
+    {"kind": "eval", "step": 25, "val_loss": 1.9}               (a task adds its scores: "val_f1": 0.8, ...)
     {"kind": "checkpoint", "step": 25, "path": ".../checkpoints/checkpoint-25"}
     {"kind": "early_stop", "step": 175, "best_val_loss": 0.83, "best_checkpoint": "..."}
     {"kind": "preempt_saved", "step": 120, "checkpoint": ".../checkpoint-120", "signal": "SIGUSR1"}
     {"kind": "end", "reason": "early_stop", "step": 175, "best_val_loss": 0.83, "best_checkpoint": "...", "best_dir": "..."}
     {"kind": "eval_result", "accuracy": 0.62, "base_accuracy": 0.2, "n": 60, ...}
+                                                                (a task adds "metrics": {...}, "base_metrics": {...})
 
 (as ``hpc_ft/backends/hf_runtime`` writes them; ``end`` reasons: max_steps, early_stop, preempted).
 
@@ -41,6 +42,7 @@ from hpc_ft.track.events import (
     Progress,
     TrainEnd,
     ValLoss,
+    ValScores,
 )
 
 # How an ``end`` record's reason maps to the events the classifier reads.
@@ -167,7 +169,8 @@ class HfEventsReader:
             if step is None or val is None:
                 return []
             self._val_loss = val
-            return [ValLoss(step, val)]
+            scores = {k: v for k, v in record.items() if k.startswith("val_") and k != "val_loss"}
+            return [ValLoss(step, val)] + ([ValScores(step, scores)] if scores else [])
         if kind == "checkpoint":
             path = self._path(record.get("path", record.get("checkpoint", record.get("dir"))))
             if path is None and step is not None:
@@ -182,7 +185,8 @@ class HfEventsReader:
             self._preempt_saved = True
             return [PreemptSaved(step, self._path(record.get("path", record.get("checkpoint"))))]
         if kind == "eval_result":
-            return [EvalResult(_num(record.get("accuracy")), _num(record.get("base_accuracy")))]
+            return [EvalResult(_num(record.get("accuracy")), _num(record.get("base_accuracy")),
+                               record.get("metrics") or (), record.get("base_metrics") or ())]
         if kind == "end":
             return self._end(record, step)
         return []
@@ -190,7 +194,9 @@ class HfEventsReader:
     def _end(self, record: dict[str, Any], step: int | None) -> list[Event]:
         reason = str(record.get("reason") or "")
         best = _num(record.get("best_val_loss"))
-        out: list[Event] = [TrainEnd(reason, step, best, self._path(record.get("best_checkpoint")))]
+        monitor = record.get("monitor") if isinstance(record.get("monitor"), str) else None
+        out: list[Event] = [TrainEnd(reason, step, best, self._path(record.get("best_checkpoint")),
+                                     monitor, _num(record.get("best_metric")))]
         best_dir = self._path(record.get("best_dir"))
         if best_dir is not None:  # the best adapter/model saved at the end of training
             out.append(FinalArtifact(best_dir))

@@ -74,12 +74,15 @@ def format_runs(rows: List[Dict[str, Any]]) -> str:
     if not rows:
         return "no runs (start one with `hpc-ft train` or `hpc-ft demo`)"
     width = max(26, *(len(r["run_id"]) for r in rows))
-    head = f"{'RUN':{width}} {'NAME':22} {'STATE':11} {'STEP':>11} {'BEST VAL':>9} {'ACC':>6}  CREATED"
+    head = f"{'RUN':{width}} {'NAME':22} {'STATE':11} {'STEP':>11} {'BEST VAL':>9} {'ACC':>6} {'BEST METRIC':>18}  CREATED"
     lines = [head]
     for r in rows:
         step = f"{r['step'] if r['step'] is not None else '-'}/{r['max_steps'] or '-'}"
         val = f"{r['best_val_loss']:.4f}" if r.get("best_val_loss") is not None else "-"
         acc = f"{r['accuracy']:.0%}" if r.get("accuracy") is not None else "-"
+        metric = "-"  # a task's monitored metric (val_f1, val_log_loss, ...) at its best checkpoint
+        if r.get("monitor") and r.get("best_metric") is not None:
+            metric = f"{r['monitor']} {r['best_metric']:.4f}"
         lines.append(f"{r['run_id']:{width}} {(r['name'] or '')[:22]:22} {r['state']:11} {step:>11} {val:>9} "
-                     f"{acc:>6}  {r['created']}")
+                     f"{acc:>6} {metric:>18}  {r['created']}")
     return "\n".join(lines)

@@ -39,6 +39,17 @@ def run_curves(row: Dict) -> Tuple[List[Tuple[int, float]], List[Tuple[int, floa
     return sorted(train.items()), sorted(val.items()), run_status(row)
 
 
+def metric_curve(row: Dict, monitor: str) -> List[Tuple[int, float]]:
+    """(step, value) of a task's monitored validation metric (val_f1, ...) from the hf events file."""
+    from hpc_ft.track.events import ValScores
+    from hpc_ft.track.hf_events import read_hf_events
+
+    run_dir = Path(row["run_dir"])
+    points = {e.step: dict(e.scores)[monitor] for e in read_hf_events(run_dir / "events.jsonl", run_dir)
+              if isinstance(e, ValScores) and monitor in dict(e.scores)}
+    return sorted(points.items())
+
+
 def best_marker(st: Dict, val: List[Tuple[int, float]]) -> Optional[Tuple[int, float]]:
     """(step, val loss) of the best checkpoint as `status` decided it (RunState.best_checkpoint), or None."""
     from hpc_ft.track.run_state import checkpoint_step
@@ -60,12 +71,23 @@ def plot_run(row: Dict, output: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    scores = metric_curve(row, st.get("monitor")) if st.get("monitor") else []
     if val:
         ax.plot(*zip(*val), "o-", label="val loss", color="tab:orange")
-    best = best_marker(st, val)
-    if best is not None:
-        ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
-                   label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
+        if not scores:
+            best = best_marker(st, val)
+            if best is not None:
+                ax.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
+                           label=f"best checkpoint (step {best[0]}, {best[1]:.4f})")
+    if scores:  # a task's monitored metric on its own axis; the best checkpoint is its best
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*scores), "s-", color="tab:purple", label=st["monitor"])
+        pick = min if st["monitor"].endswith("loss") else max
+        best = pick(scores, key=lambda p: p[1])
+        ax2.scatter([best[0]], [best[1]], s=120, facecolors="none", edgecolors="green", linewidths=2, zorder=5,
+                    label=f"best checkpoint (step {best[0]}, {st['monitor']} {best[1]:.4f})")
+        ax2.set_ylabel(st["monitor"])
+        ax2.legend(loc="center right")
     if st.get("early_stopped") and st.get("step"):
         ax.axvline(st["step"], color="red", linestyle="--", label=f"early stop (step {st['step']})")
     ax.set_xlabel("step")

@@ -43,6 +43,7 @@ from hpc_ft.track.events import (
     Progress,
     TrainEnd,
     ValLoss,
+    ValScores,
     merge_attempts,
     split_attempts,
 )
@@ -85,6 +86,11 @@ class RunState:
     end_reason: str = ""
     accuracy: float | None = None
     base_accuracy: float | None = None
+    monitor: str | None = None  # the task's monitored metric (val_f1, ...); None: val_loss
+    val_metric: float | None = None  # its latest value
+    best_metric: float | None = None  # its best value (the best checkpoint's)
+    metrics: dict | None = None  # the eval's figures by name (accuracy, f1, log_loss, ...)
+    base_metrics: dict | None = None  # the same for the untuned model
     step_time_s: float | None = None
     tokens_per_s: float | None = None
     log_tail: str = ""
@@ -272,6 +278,22 @@ def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None
     return accuracy, base
 
 
+def _task_scores(events: list[Event], monitor: str | None, better) -> dict[str, Any]:
+    """monitor / val_metric / best_metric / metrics / base_metrics of a task run (all None for SFT)."""
+    monitor = _last(events, TrainEnd, "monitor") or monitor
+    if monitor == "val_loss":
+        monitor = None
+    values = [dict(e.scores).get(monitor) for e in events if isinstance(e, ValScores)] if monitor else []
+    values = [v for v in values if _finite(v)]
+    best = _last(events, TrainEnd, "best_metric")
+    if best is None and values:
+        best = better(values)
+    metrics = _last(events, EvalResult, "metrics")
+    base = _last(events, EvalResult, "base_metrics")
+    return {"monitor": monitor, "val_metric": values[-1] if values else None, "best_metric": best if monitor else None,
+            "metrics": dict(metrics) if metrics else None, "base_metrics": dict(base) if base else None}
+
+
 def state_from_events(
     run_id: str,
     backend: str,
@@ -290,6 +312,8 @@ def state_from_events(
     last_checkpoint: str | None = None,
     final_artifact: str | None = None,
     mode: str = "min",
+    monitor: str | None = None,
+    monitor_mode: str = "max",
 ) -> RunState:
     """A RunState from already-parsed events (``watch`` keeps incremental parsers and calls this).
 
@@ -342,6 +366,7 @@ def state_from_events(
 
     attempts = len(split_attempts(events)) if events else 0
     early = any(isinstance(e, EarlyStop) for e in attempt)
+    task = _task_scores(events, monitor, max if monitor_mode == "max" else min)
     return RunState(
         run_id=run_id,
         job_id=job_id,
@@ -360,6 +385,7 @@ def state_from_events(
         end_reason=verdict.reason + (f" | {verdict.line}" if verdict.line and verdict.line not in verdict.reason else ""),
         accuracy=_last(events, EvalResult, "accuracy"),
         base_accuracy=_last(events, EvalResult, "base_accuracy"),
+        **task,
         step_time_s=_last(events, Progress, "step_time_s"),
         tokens_per_s=_last(events, Progress, "tokens_per_s"),
         log_tail=log_tail_text,
@@ -385,6 +411,8 @@ def state_from_run_dir(
     tail_lines: int = 40,
     nemo_exp_root: str | Path | None = None,
     sources: EventSources | None = None,
+    monitor: str | None = None,
+    monitor_mode: str = "max",
 ) -> RunState:
     """Parse a run directory (layout in the module docstring) into a RunState.
 
@@ -468,6 +496,8 @@ def state_from_run_dir(
         log_tail_text=_tail(log_files, tail_lines),
         reason_tail=_tail(log_files, REASON_TAIL_LINES),
         mode=mode,
+        monitor=monitor,
+        monitor_mode=monitor_mode,
         **kwargs,
     )
     if state.accuracy is None and state.base_accuracy is None:

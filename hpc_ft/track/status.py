@@ -28,6 +28,7 @@ STATUS_KEYS = ("run_id", "job_id", "state", "step", "max_steps", "train_loss", "
 STATUS_FIELDS = (
     "run_id", "job_id", "state", "step", "max_steps", "train_loss", "val_loss", "best_val_loss", "best_checkpoint",
     "last_checkpoint", "final_artifact", "early_stopped", "end_cause", "end_reason", "accuracy", "base_accuracy",
+    "monitor", "val_metric", "best_metric", "metrics", "base_metrics",
     "step_time_s", "tokens_per_s", "log_tail", "requeues", "attempts", "backend", "notes",
     "jobs", "name", "run_dir", "cluster", "sweep_id", "created",
 )
@@ -203,6 +204,9 @@ def run_kwargs(rec: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         from hpc_ft.backends import get_backend
 
         kw: Dict[str, Any] = {"max_steps": int(cfg.sweep.steps or cfg.trainer.max_steps)}
+        if OmegaConf.select(cfg, "task.name", default="sft") != "sft":  # a task's own metric drives the best checkpoint
+            es = cfg.exp_manager.early_stopping_callback_params
+            kw.update(monitor=es.monitor, monitor_mode=es.mode)
         kw.update(get_backend(cfg.backend.name).reader_kwargs(cfg, run_dir))  # where the backend's logs and checkpoints are
         return kw
     except Exception:  # noqa: BLE001 - a hand-edited config.yaml must not break status
@@ -264,6 +268,19 @@ def _fmt(v: Optional[float], nd: int = 4) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+HEADLINE_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss")
+
+
+def format_metrics(metrics: Dict[str, float], base: Optional[Dict[str, float]] = None) -> str:
+    """'f1 0.9512 (untuned 0.0421)  accuracy ...' for the headline metrics of a task's eval."""
+    parts = []
+    for name in HEADLINE_METRICS:
+        if name in metrics:
+            was = f" (untuned {base[name]:.4f})" if base and name in base else ""
+            parts.append(f"{name} {metrics[name]:.4f}{was}")
+    return "   ".join(parts)
+
+
 def format_status(st: Dict[str, Any]) -> str:
     lines = [f"run      {st['run_id']}  ({st.get('name')}, {st.get('backend')} on {st.get('cluster')})"]
     jobs = ", ".join(f"{k} {v['job_id']} {v['state']}" + (f" ({v['reason']})" if v.get("reason") not in ("", None, "None") else "")
@@ -279,6 +296,10 @@ def format_status(st: Dict[str, Any]) -> str:
     if st.get("accuracy") is not None:
         base = st.get("base_accuracy")
         lines.append(f"accuracy {st['accuracy']:.1%}" + (f"   (untuned base {base:.1%})" if base is not None else ""))
+    if st.get("monitor"):
+        lines.append(f"metric   {st['monitor']} {_fmt(st.get('val_metric'))}   best {_fmt(st.get('best_metric'))}")
+    if st.get("metrics"):
+        lines.append("metrics  " + format_metrics(st["metrics"], st.get("base_metrics")))
     if st.get("requeues"):
         lines.append(f"requeues {st['requeues']}")
     lines.append(f"dir      {st['run_dir']}")

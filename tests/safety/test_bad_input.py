@@ -309,6 +309,46 @@ DATA_CASES = [
 CASES += DATA_CASES
 
 
+# ---- tasks (classification, NER, preference): rows checked at submit --------------------------------
+def _task_files(d: Path, task: str, train: str, valid: str, name: str = "train.jsonl") -> List[str]:
+    (d / name).write_text(train, encoding="utf-8")
+    (d / ("valid" + Path(name).suffix)).write_text(valid, encoding="utf-8")
+    return [f"task={task}", "data.source=null", f"data.train_file={_q(d / name)}",
+            f"data.validation_file={_q(d / ('valid' + Path(name).suffix))}", "data.test_file=null"]
+
+
+def _jl(*rows: dict) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+_CLS = _jl({"text": "良い", "label": "pos"}, {"text": "悪い", "label": "neg"})
+_NER = "田中 B-PER\nさん O\n\n東京 B-LOC\nへ O\n"
+_PREF_OK = _jl({"prompt": "p", "response_a": "x", "response_b": "y", "label": "a"})
+
+CASES += [
+    Case("task-unknown-eval-label", lambda d: _task_files(
+        d, "classification", _CLS, _jl({"text": "良い", "label": "pos"}, {"text": "普通", "label": "neutral"})),
+        ("valid.jsonl:2", "label 'neutral'", "train split")),
+    Case("task-conll-tag-not-iob2", lambda d: _task_files(
+        d, "token_classification", "田中 B-PER\nさん PER\n", _NER, "train.conll"),
+        ("train.conll:2", "'PER' is not IOB2")),
+    Case("task-conll-tag-column-missing", lambda d: _task_files(
+        d, "token_classification", "田中 B-PER\nさん\n", _NER, "train.conll"),
+        ("train.conll:2", "tag column is missing")),
+    Case("task-conll-unknown-entity-type", lambda d: _task_files(
+        d, "token_classification", _NER, "大阪 B-GPE\n", "train.conll"),
+        ("valid.conll:1", "entity type 'GPE'")),
+    Case("task-sentence-too-long-refused", lambda d: _task_files(
+        d, "token_classification", "\n".join(f"w{i} O" for i in range(12)) + "\n", _NER, "train.conll")
+        + ["model.data.train_ds.max_seq_length=8", "task.overlong=refuse"],
+        ("train.conll:1", "12 tokens", "task.overlong=split")),
+    Case("task-preference-empty-response", lambda d: _task_files(
+        d, "preference", _PREF_OK + _jl({"prompt": "p", "response_a": "", "response_b": "y", "label": "b"}), _PREF_OK),
+        ("train.jsonl:2", "response_a is empty")),
+    Case("task-on-nemo-backend", ["task=classification", "backend=nemo", "cluster=nig"], ("task=classification", "backend=hf")),
+]
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_bad_input_is_a_short_clean_error(case: Case, tmp_path: Path):
     here = tmp_path / "case"         # the submitting directory: Slurm records it as the job's WorkDir

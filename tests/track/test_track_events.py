@@ -21,6 +21,7 @@ from hpc_ft.track.events import (
     Resumed,
     TrainEnd,
     ValLoss,
+    ValScores,
     event_from_dict,
     event_to_dict,
     merge_attempts,
@@ -40,7 +41,10 @@ ONE_OF_EACH = [
     FinalArtifact("/c/run.nemo"),
     PreemptSaved(10, None),
     TrainEnd("early_stop", 10, 1.2, "/c/checkpoint-10"),
+    TrainEnd("early_stop", 10, 1.2, "/c/checkpoint-10", "val_f1", 0.9),
+    ValScores(10, {"val_f1": 0.9, "val_accuracy": 0.8}),
     EvalResult(0.5, 0.2),
+    EvalResult(0.5, 0.2, {"f1": 0.9, "log_loss": 0.3}, {"f1": 0.1}),
     Failure(EndCause.GPU_OOM, "CUDA out of memory"),
 ]
 

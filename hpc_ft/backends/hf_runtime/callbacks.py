@@ -29,6 +29,16 @@ def all_reduce_number(value: float, op: str, world_size: int) -> float:
     return float(tensor.item())
 
 
+HEADLINE_SCORES = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_log_loss")
+_NOT_SCORES = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch")
+
+
+def task_scores(metrics: dict) -> dict:
+    """The Trainer's eval_<name> metrics other than the loss and the timings, as val_<name> (rounded)."""
+    return {"val_" + k[5:]: round(float(v), 6) for k, v in metrics.items()
+            if k.startswith("eval_") and k not in _NOT_SCORES and isinstance(v, (int, float))}
+
+
 class ProgressEvents(TrainerCallback):
     """Writes train/eval/checkpoint events and prints a line for each.
 
@@ -84,11 +94,16 @@ class ProgressEvents(TrainerCallback):
         self._tokens_at_step_end = self.tokens_counted()
         if metrics and "eval_loss" in metrics:
             val_loss = float(metrics["eval_loss"])
-            self.events.write("eval", step=state.global_step, val_loss=round(val_loss, 6))
+            scores = task_scores(metrics)  # a task's own metrics (val_f1, val_accuracy, ...), when it has them
+            self.events.write("eval", step=state.global_step, val_loss=round(val_loss, 6), **scores)
             if self.is_main:
                 best = state.best_metric
-                best_text = f" (best so far {best:.4f})" if best is not None and best <= val_loss else " (new best)"
-                say(f"[eval] step {state.global_step} val_loss {val_loss:.4f}{best_text}")
+                if scores:
+                    shown = " ".join(f"{k} {v:.4f}" for k, v in scores.items() if k in HEADLINE_SCORES)
+                    say(f"[eval] step {state.global_step} val_loss {val_loss:.4f} {shown}")
+                else:
+                    best_text = f" (best so far {best:.4f})" if best is not None and best <= val_loss else " (new best)"
+                    say(f"[eval] step {state.global_step} val_loss {val_loss:.4f}{best_text}")
         self._restart_clock()
 
     def on_save(self, args, state, control, **kwargs):

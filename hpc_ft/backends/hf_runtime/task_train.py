@@ -1,0 +1,235 @@
+"""Fine-tune a classification, NER or preference head (full or LoRA + the head) with transformers Trainer; early stopping and the best checkpoint follow the task's metric.
+
+Shares train.py's argument checks, TrainingArguments, resume and process-group teardown, and the
+callbacks (events, preemption) and checkpoint helpers of the SFT runtime. Run as
+`python -m hpc_ft.backends.hf_runtime.task_train --task classification ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from hpc_ft.backends.hf_runtime import train as sft
+from hpc_ft.errors import UserError
+
+TASKS = ("classification", "token_classification", "preference")
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "preference": "SEQ_CLS", "token_classification": "TOKEN_CLS"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = sft.build_parser()
+    p.prog = "python -m hpc_ft.backends.hf_runtime.task_train"
+    p.description = "Fine-tune a sequence/token classification head (full or LoRA + head) on prepared task rows."
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--labels-file", required=True, help="labels.json written at submit (the label names, in id order)")
+    p.add_argument("--monitor", default="val_loss", help="the metric early stopping and the best checkpoint follow")
+    p.add_argument("--mode", default="min", choices=["min", "max"])
+    p.add_argument("--overlong", default="truncate", choices=["truncate", "split", "refuse"])
+    return p
+
+
+def metric_key(monitor: str) -> str:
+    """val_f1 -> eval_f1 (the Trainer's name for it)."""
+    return "eval_" + (monitor[4:] if monitor.startswith("val_") else monitor)
+
+
+def auto_class(task: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if task == "token_classification" else AutoModelForSequenceClassification
+
+
+def load_task_model(model_dir: str, task: str, labels: list[str], peft: str, lora: dict | None, seed: int):
+    """The base with a freshly initialised head (seeded: the untuned model of the eval is this same one), with LoRA
+    on the chosen modules and the head trained in full when peft is lora."""
+    import transformers
+
+    transformers.set_seed(seed)
+    model = auto_class(task).from_pretrained(
+        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)})
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    if peft == "none" or lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora["targets"]
+    targets = "all-linear" if targets == "all-linear" else sft.lora_targets(model, targets)
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
+                        task_type=PEFT_TASK_TYPES[task])
+    return get_peft_model(model, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpc_ft.backends.hf_runtime.callbacks import PreemptionCallback
+    from hpc_ft.backends.hf_runtime.events import EventLog, say
+
+    world_size = sft.world_size_from_env()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    events = EventLog(args.events, enabled=is_main)
+    log = say if is_main else (lambda message: None)
+    preemption = PreemptionCallback(world_size)
+    previous = preemption.install()
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+        sft.check_args(args, world_size, has_cuda)
+        if args.peft == "qlora":
+            raise UserError("--peft=qlora: not offered for classification heads; use --peft lora or none.")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return _train(args, world_size, is_main, has_cuda, preemption, events, log)
+    except Exception as exc:
+        events.write("error", type=type(exc).__name__, message=str(exc)[:2000])
+        raise
+    finally:
+        preemption.restore(previous)
+
+
+def encode(args, tokenizer, labels: list[str], path: str, argument: str):
+    from hpc_ft.backends.hf_runtime.task_data import ENCODERS, read_rows
+
+    rows = read_rows(path, argument)
+    return ENCODERS[args.task](tokenizer, rows, labels, args.max_seq_length, args.overlong)
+
+
+def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, events, log) -> int:
+    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
+    from transformers.utils import logging as hf_logging
+
+    from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
+    from hpc_ft.backends.hf_runtime.events import peak_rss_mb
+    from hpc_ft.backends.hf_runtime.task_data import collator, read_labels
+    from hpc_ft.backends.hf_runtime.task_metrics import compute_metrics_for
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # "Some weights were newly initialized" is the point here, not a warning
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    args.output_dir = str(output_dir)
+    resume_from, finished = sft.resume_point(args, log)
+    if finished is not None:
+        log(f"[resume] {output_dir} already finished ({finished.get('reason')} at step {finished.get('step')}); nothing to do")
+        return 0
+
+    labels = read_labels(args.labels_file)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train = encode(args, tokenizer, labels, args.train_file, "--train-file")
+    valid = encode(args, tokenizer, labels, args.valid_file, "--valid-file")
+    for name, split in (("train", train), ("valid", valid)):
+        if split.truncated:
+            how = "split into word-aligned pieces" if args.task == "token_classification" else "truncated"
+            log(f"[data] {name}: {split.truncated} row(s) longer than --max-seq-length={args.max_seq_length} {how}")
+
+    lora = None if args.peft == "none" else {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                                              "targets": args.lora_targets}
+    model = load_task_model(args.model_dir, args.task, labels, args.peft, lora, args.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    collate_batch = collator(args.task, tokenizer)
+    tokens_counted = [0]
+
+    def collate(features):
+        tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
+        return collate_batch(features)
+
+    targs = sft.training_arguments(args, has_cuda, world_size)
+    targs.metric_for_best_model = metric_key(args.monitor)
+    targs.greater_is_better = args.mode == "max"
+    targs.label_names = ["labels"]
+    callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    early = None
+    if args.patience:
+        early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
+        callbacks.insert(0, early)
+    trainer = Trainer(model=model, args=targs, train_dataset=train.examples, eval_dataset=valid.examples,
+                      data_collator=collate, processing_class=tokenizer, callbacks=callbacks,
+                      compute_metrics=compute_metrics_for(args.task, labels))
+    trainer.remove_callback(PrinterCallback)
+
+    events.write("start", max_steps=args.max_steps, world_size=world_size, task=args.task, monitor=args.monitor,
+                 mode=args.mode, resumed_from=str(resume_from) if resume_from else None,
+                 micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
+                 grad_accum=args.grad_accum, peft=args.peft, trainable_params=trainable, total_params=total,
+                 n_train=len(train.examples), n_valid=len(valid.examples), labels=labels, output_dir=str(output_dir))
+    log(f"[start] {args.task} ({args.peft}) on {args.model_dir}: {trainable:,} of {total:,} parameters trainable; "
+        f"{len(labels)} labels; {len(train.examples)} train / {len(valid.examples)} valid examples; "
+        f"monitor {args.monitor} ({args.mode}); max_steps {args.max_steps}, eval every {args.eval_steps}")
+
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    best_checkpoint = str(Path(state.best_model_checkpoint).resolve()) if state.best_model_checkpoint else None
+    best_metric = state.best_metric
+    best_val_loss = _loss_at(state, best_checkpoint)
+    if preemption.stopped_at is not None:
+        reason = "preempted"
+    elif early is not None and early.early_stopping_patience_counter >= args.patience:
+        reason = "early_stop"
+    else:
+        reason = "max_steps"
+    best_dir = None
+    if reason != "preempted":
+        best_dir = output_dir / BEST_DIR
+        trainer.save_model(str(best_dir))
+        if is_main:
+            shutil.copyfile(args.labels_file, best_dir / "labels.json")  # the label names travel with the model
+    trainer.save_state()
+    rss = all_reduce_number(peak_rss_mb(), "sum", world_size)
+    if reason == "early_stop":
+        events.write("early_stop", step=state.global_step, best_val_loss=best_val_loss, monitor=args.monitor,
+                     best_metric=best_metric, best_checkpoint=best_checkpoint, patience=args.patience)
+        log(f"[early stop] step {state.global_step}: {args.monitor} did not improve by > {args.min_delta} in "
+            f"{args.patience} evaluations; best {best_metric:.4f} at {best_checkpoint}")
+    if reason == "preempted":
+        saved = output_dir / f"checkpoint-{state.global_step}"
+        events.write("preempt_saved", step=state.global_step, checkpoint=str(saved), signal=preemption.signal_name)
+        log(f"[preempt] checkpoint saved at {saved}; exiting 0 so the job script can requeue")
+    end = events.write("end", reason=reason, step=state.global_step, best_val_loss=best_val_loss,
+                       monitor=args.monitor, best_metric=best_metric, best_checkpoint=best_checkpoint,
+                       best_dir=str(best_dir) if best_dir else None, peak_rss_mb=round(rss, 1),
+                       train_seconds=round(time.perf_counter() - started, 2))
+    if is_main:
+        (output_dir / END_RECORD).write_text(json.dumps(end, indent=2) + "\n", encoding="utf-8")
+    best_text = f"{best_metric:.4f}" if best_metric is not None else "n/a"
+    log(f"[end] {reason} at step {state.global_step}; best {args.monitor} {best_text} ({best_checkpoint}); "
+        f"peak RSS {rss:.0f} MB")
+    sft.close_process_group()
+    return 0
+
+
+def _loss_at(state, checkpoint: str | None) -> float | None:
+    """The validation loss logged at the best checkpoint's step (the best of the monitored metric, not of the loss)."""
+    if not checkpoint:
+        return None
+    try:
+        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    for entry in state.log_history:
+        if entry.get("step") == step and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"task_train: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
