@@ -27,6 +27,9 @@ class Backend(Protocol):
     def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         """The eval job's steps (command lines)."""
 
+    def prepare_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        """Steps of a job that must end well (afterok) before training starts, e.g. NeMo's packing; often none."""
+
     def job_env(self, spec: DictConfig) -> Dict[str, str]:
         """Environment the job's steps need."""
 

@@ -181,12 +181,21 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     args += runtime_keys(spec, run_dir)
     if spec.backend.threads:
         args += ["--threads", spec.backend.threads]
+    if m.data.train_ds.packed_sequence:
+        args += ["--packed-sequence"]
+    elif spec.backend.get("group_by_length") is False:
+        args += ["--group-by-length", "off"]
     if t.devices * t.num_nodes > 1:
         cmd = distributed(spec, [TRAIN_MODULE] + args, module=True)
     else:
         cmd = [py, "-m", TRAIN_MODULE] + args
     steps.append(Step("train", multinode_prefix(spec) + in_container(spec, cmd)))
     return steps
+
+
+def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    """Nothing runs before training: packing happens inside the training job."""
+    return []
 
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
@@ -224,6 +233,9 @@ class HfBackend:
 
     def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         return eval_steps(spec, run_dir)
+
+    def prepare_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return prepare_steps(spec, run_dir)
 
     def job_env(self, spec: DictConfig) -> Dict[str, str]:
         return job_env(spec)

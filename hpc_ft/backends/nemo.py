@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig
 
 from hpc_ft.backends import keys
 from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix
+from hpc_ft.errors import UserError
 from hpc_ft.render import Step
 
 
@@ -204,7 +205,8 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     keys.refuse(spec, "nemo", REFUSED)
-    args = _render(train_overrides(spec, run_dir) + changed_overrides(spec), spec.backend.extra_overrides)
+    args = _render(packed_train_overrides(spec, run_dir, train_overrides(spec, run_dir) + changed_overrides(spec)),
+                   spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)
     return [Step("train", multinode_prefix(spec) + in_container(spec, cmd))]
 
@@ -233,6 +235,84 @@ def convert_steps(spec: DictConfig) -> List[Step]:
     return [Step("convert", in_container(spec, argv, gpus=False))]
 
 
+# ---- packed sequences (model.data.train_ds.packed_sequence) --------------------------------------
+# NeMo 1.x trains on packed sequences from a .npy that its prepare_packed_ft_dataset.py writes first
+# (added to NeMo main on 2024-03-16, #8682; in the 24.03-era snapshot 9d86acd5, not in the v1.23.0 tag).
+# hpc-ft renders that script as its own job; the training job waits on it with afterok.
+PACK_SEED = 0  # the script's +seed default; it names the output packed_<pack size>_seed<seed>.npy
+PACKING_SINCE = (24, 3)  # the first NGC NeMo container whose NeMo has the packing script
+_CONTAINER_VERSION = re.compile(r"nemo[_:-]?(\d{2})\.(\d{2})")
+
+
+def packing_problem(spec: DictConfig) -> Optional[str]:
+    """Why this container's NeMo cannot pack (its version, from container.name or .image), or None."""
+    for where in (spec.container.name, spec.container.image):
+        m = _CONTAINER_VERSION.search(str(where or ""))
+        if m:
+            version = (int(m.group(1)), int(m.group(2)))
+            if version < PACKING_SINCE:
+                return (f"model.data.train_ds.packed_sequence=true: NeMo in container {m.group(1)}.{m.group(2)} has no "
+                        "prepare_packed_ft_dataset.py (NeMo main since 2024-03-16, first in the 24.03 container); "
+                        "set it to false or use container=nemo_24.03 or newer.")
+            return None
+    return None
+
+
+def packed_npy(spec: DictConfig, run_dir: str) -> str:
+    size = spec.model.data.train_ds.max_seq_length
+    return os.path.join(run_dir, "data", f"packed_{size}_seed{PACK_SEED}.npy")
+
+
+def packed_train_overrides(spec: DictConfig, run_dir: str, overrides: List[Tuple[str, Any]]) -> List[Tuple[str, Any]]:
+    """With packed_sequence on, the training reads the packed .npy instead of the jsonl and turns NeMo's
+    packed-sequence path on; otherwise the overrides as they are."""
+    if not spec.model.data.train_ds.packed_sequence:
+        return overrides
+    out = [(k, [packed_npy(spec, run_dir)] if k == "model.data.train_ds.file_names" else v) for k, v in overrides]
+    at = [k for k, _ in out].index("model.data.train_ds.file_names") + 1
+    out.insert(at, ("+model.data.train_ds.packed_sequence", True))
+    return out
+
+
+def pack_overrides(spec: DictConfig, run_dir: str) -> List[Tuple[str, Any]]:
+    """prepare_packed_ft_dataset.py @ 24.03-era main: it restores the base .nemo (for its tokenizer and data
+    settings), tokenizes train_ds as the fine-tuning would and packs it to max_seq_length.
+
+    One process on one GPU (TP=PP=1, the layout of a converted base .nemo), so one rank writes the .npy;
+    16-bit weights (bf16, O2) halve what the restore needs: the step only tokenizes, it never trains."""
+    m = spec.model
+    d = m.data.train_ds
+    return [
+        ("trainer.devices", 1),
+        ("trainer.num_nodes", 1),
+        ("trainer.precision", "bf16"),
+        ("exp_manager.exp_dir", os.path.join(run_dir, "pack")),
+        ("model.restore_from_path", m.restore_from_path),
+        ("model.megatron_amp_O2", True),
+        ("++model.mcore_gpt", m.mcore_gpt),
+        ("model.tensor_model_parallel_size", 1),
+        ("model.pipeline_model_parallel_size", 1),
+        ("model.data.train_ds.file_names", list(d.file_names)),
+        ("model.data.train_ds.max_seq_length", d.max_seq_length),
+        ("+output_dir", os.path.join(run_dir, "data")),
+        ("+pack_sizes", [d.max_seq_length]),
+        ("+seed", PACK_SEED),
+    ] + data_overrides(spec, "train_ds")  # the same prompt template and label key as the training
+
+
+def prepare_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    """Steps of the job that must finish (afterok) before training: the packing step when packed_sequence is on."""
+    if not spec.model.data.train_ds.packed_sequence:
+        return []
+    problem = packing_problem(spec)
+    if problem:
+        raise UserError(problem)
+    script = spec.backend.pack_script
+    args = _render(pack_overrides(spec, run_dir), [])
+    # As the reference runs eval: plain python, Lightning spawns trainer.devices ranks itself.
+    return [Step("pack", in_container(spec, ["python", script] + args), skip_if_exists=packed_npy(spec, run_dir))]
+
+
 class NemoBackend:
     """NeMo as a `hpc_ft.backends.base.Backend`: delegates to this module's functions and to NeMo's log reader."""
 
@@ -245,6 +325,9 @@ class NemoBackend:
 
     def eval_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         return eval_steps(spec, run_dir)
+
+    def prepare_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
+        return prepare_steps(spec, run_dir)
 
     def job_env(self, spec: DictConfig) -> Dict[str, str]:
         return job_env(spec)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from hpc_ft.executors import slurm
 
 OK, FAIL, SKIP, WARN = "ok", "fail", "skip", "warn"
 SLURM_TIMEOUT_S = 30
@@ -137,6 +136,8 @@ def _check_partition(spec, checks: list[Check]) -> str | None:
     from hpc_ft.errors import did_you_mean
 
     c = spec.cluster
+    from hpc_ft.executors import slurm  # lazily: `hpc-ft train` builds this parser too
+
     rc, out, err = slurm.partitions()
     if rc != 0:
         checks.append(Check("reachable", FAIL, f"sinfo failed (exit {rc}): {_last_line(err or out)}; is slurmctld up? "
@@ -161,6 +162,8 @@ def _check_partition(spec, checks: list[Check]) -> str | None:
             return None
         part = default
         how = f"cluster.partition unset: the default partition '{default}'"
+    from hpc_ft.executors import slurm  # lazily: `hpc-ft train` builds this parser too
+
     rc, out, err = slurm.partition(part)
     info = parse_scontrol(out) if rc == 0 else {}
     state = info.get("State", "?")
@@ -212,6 +215,8 @@ def _check_gpus(spec, part: str | None, checks: list[Check]) -> None:
     if part is None:
         checks.append(Check("gpus", SKIP, "no usable partition to look at"))
         return
+    from hpc_ft.executors import slurm  # lazily: `hpc-ft train` builds this parser too
+
     rc, out, err = slurm.partition_gres(part)
     if rc != 0:
         checks.append(Check("gpus", FAIL, f"sinfo -p {part} failed: {_last_line(err or out)}"))

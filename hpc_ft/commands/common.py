@@ -102,9 +102,10 @@ def print_launch(launch, warnings: List[str], *, dry_run: bool, as_json: bool) -
                           "dry_run": dry_run, "written": launch.written}, indent=2))
         return
     if dry_run:
+        kinds = list(launch.scripts)
         for i, (kind, script) in enumerate(launch.scripts.items()):
             if i:
-                sys.stdout.write(f"\n# ---- {kind}.sbatch (submitted with afterok on the train job) ----\n")
+                sys.stdout.write(f"\n# ---- {kind}.sbatch (submitted with afterok on the {kinds[i - 1]} job) ----\n")
             sys.stdout.write(script.text)
         where = (f"rendered {launch.run_dir}" if launch.written
                  else "rendered, nothing written (--out DIR keeps the run folder)")

@@ -111,6 +111,9 @@ def check_spec(spec: DictConfig) -> None:
                     f"into the config or the job script. Remove it and export it where you submit: export {name}=..."
                 )
     _check_sbatch_lines(spec)
+    if spec.backend.name != "hf" and spec.backend.get("group_by_length") is not None:
+        raise UserError(f"backend.group_by_length={spec.backend.group_by_length}: the {spec.backend.name} backend has "
+                        "no length-grouped batching (hf only); remove the key.")
     sw = spec.sweep
     if sw.steps is not None:
         _at_least("sweep.steps", sw.steps, 1)

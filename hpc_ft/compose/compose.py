@@ -83,7 +83,9 @@ _SCHEMA = None
 def schema_config() -> DictConfig:
     global _SCHEMA
     if _SCHEMA is None:
-        _SCHEMA = OmegaConf.structured(JobSpec)
+        from hpc_ft.compose.schema_cache import structured_schema
+
+        _SCHEMA = structured_schema(JobSpec)  # OmegaConf.structured(JobSpec), cached beside its source
     return _SCHEMA
 
 

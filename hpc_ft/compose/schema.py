@@ -71,10 +71,12 @@ class BackendConf:
     # hf
     threads: Optional[int] = None
     generate_max_new_tokens: Optional[int] = None  # replaced by model.data.test_ds.tokens_to_generate
+    group_by_length: Optional[bool] = None  # rows of similar length per micro-batch; null = on (hf only)
     # nemo
     finetune_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
     generate_script: str = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
     convert_script: Optional[str] = None  # null: the converter of the model's family
+    pack_script: str = "/opt/NeMo/scripts/nlp_language_modeling/prepare_packed_ft_dataset.py"
     extra_overrides: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
@@ -145,6 +147,7 @@ class TrainDsConf:
     # null: the format's default (NeMo's "{input} {output}"; alpaca's; the tokenizer's chat template for chat rows)
     prompt_template: Optional[str] = None
     label_key: str = "output"
+    packed_sequence: bool = False  # several rows per sequence of max_seq_length (nemo: a packing job first)
 
 
 @dataclass

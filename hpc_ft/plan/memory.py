@@ -427,6 +427,12 @@ def estimate_hf(req: PlanRequest, gpu: Gpu) -> Estimate:
     else:
         activations = a.num_layers * per_layer
     activations += 4 * sbh  # final norm's fp32 input
+    if req.packed_sequence:
+        notes.append(f"packed: every micro-batch is {req.mbs} x {s} tokens (max_seq_length), rows packed end to end")
+        if req.hf_attention != "flash_attention_2":
+            # sdpa/eager get a block-diagonal causal mask built from the position ids: s x s bools per sequence
+            activations += req.mbs * s * s
+            notes.append("packed with sdpa/eager: one s x s block-diagonal mask per sequence")
     if gpu.is_cpu:
         framework = (HF_CPU_RUNTIME_GIB + HF_CPU_STEP_GIB) * GIB
         if not req.cpu_fixed_mmap_threshold:

@@ -4,7 +4,7 @@ The JSON is a documented interface (``SCHEMA``): keys always present, in this or
 to 3 decimals, alternatives in ranked order::
 
     schema, ok, fits, memory_fits, per_gpu_gib, capacity_gib, headroom_gib, margin_gib, headroom_fraction,
-    device, backend, model, stage, layout{tp,pp,dp,mbs,gbs,micro_batches,world_size,seq_len},
+    device, backend, model, stage, layout{tp,pp,dp,mbs,gbs,micro_batches,world_size,seq_len,packed_sequence},
     breakdown{weights,weight_copies,trainable_params,gradients,optimizer_states,activations,
               logits,framework},
     reason, notes[], violations[{severity,key,value,rule,fix}], warnings[...same],
@@ -73,6 +73,7 @@ def to_dict(result: PlanResult) -> dict:
             "micro_batches": req.num_microbatches,
             "world_size": req.world_size,
             "seq_len": req.seq_len,
+            "packed_sequence": req.packed_sequence,
         },
         "breakdown": {name: _r(result.breakdown.get(name, 0.0)) for name in COMPONENTS},
         "reason": result.reason,
@@ -93,6 +94,16 @@ def to_json(result: PlanResult, indent: int | None = 2) -> str:
     return json.dumps(to_dict(result), indent=indent, ensure_ascii=False)
 
 
+def tokens_line(req) -> str:
+    """What one optimizer step processes, and how much of it is real tokens (packed or padded)."""
+    per_step = req.gbs * req.seq_len
+    if req.packed_sequence:
+        return (f"Tokens: {req.mbs} packed sequence{'s' if req.mbs != 1 else ''} x {req.seq_len} per micro-batch, "
+                f"{per_step:,} per step (several rows per sequence; only the unfilled tail of a pack is padding)")
+    return (f"Tokens: up to {req.mbs} rows x {req.seq_len} per micro-batch, {per_step:,} per step as padded "
+            "(each micro-batch is padded to its longest row; model.data.train_ds.packed_sequence=true avoids it)")
+
+
 def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
     """A human report: the layout, a per-device breakdown, the verdict, findings and alternatives."""
     req, est, gpu = result.request, result.estimate, result.gpu
@@ -107,7 +118,7 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
         f"Plan: {a.name or a.family} ({a.num_params / 1e9:.2f} B params) | backend {req.backend} | "
         f"peft {req.peft} | {where}"
     )
-    seq = f"seq {req.seq_len}" + (
+    seq = f"seq {req.seq_len}" + (" packed" if req.packed_sequence else "") + (
         f" (+{req.ptuning_virtual_tokens} virtual tokens)" if req.peft == "ptuning" else ""
     )
     prec = f"precision {req.precision}" + (
@@ -117,6 +128,7 @@ def to_text(result: PlanResult, max_alternatives: int = 10) -> str:
         f"Layout: TP={req.tp} PP={req.pp} DP={req.dp} | MBS={req.mbs} GBS={req.gbs} "
         f"({req.num_microbatches} micro-batch{'es' if req.num_microbatches != 1 else ''}/step) | {seq} | {prec}"
     )
+    lines.append(tokens_line(req))
     lines.append("")
     unit = "host RSS per process" if gpu.is_cpu else "per GPU"
     title = "Peak host RSS per process" if gpu.is_cpu else "Memory per GPU"

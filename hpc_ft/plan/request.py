@@ -65,6 +65,8 @@ class PlanRequest:
       * ``seq_len``: tokens per sample *as padded* (NeMo pads a batch to its longest sample rounded
         up to 16, capped at ``max_seq_length``): pass the expected padded length, or the cap to be safe.
       * ``sequence_parallel``: ``model.sequence_parallel`` (needs TP > 1).
+      * ``packed_sequence``: ``model.data.train_ds.packed_sequence``: rows packed into sequences of
+        ``max_seq_length`` tokens, so ``seq_len`` is that length and a micro-batch is ``mbs`` of them.
 
     Precision
       * ``precision``: ``trainer.precision`` as NeMo spells it: '16', '16-mixed', 'bf16', 'bf16-mixed', '32'.
@@ -123,6 +125,7 @@ class PlanRequest:
     gbs: int = 128
     seq_len: int = 2048
     sequence_parallel: bool = False
+    packed_sequence: bool = False
     precision: str = "16"
     megatron_amp_O2: bool = False
     hf_weights_dtype: Optional[str] = None

@@ -40,6 +40,7 @@ KEYS = {
     "mbs": "model.micro_batch_size",
     "gbs": "model.global_batch_size",
     "seq_len": "model.data.train_ds.max_seq_length",
+    "packed_sequence": "model.data.train_ds.packed_sequence",
     "precision": "trainer.precision",
     "o2": "model.megatron_amp_O2",
     "peft_scheme": "model.peft.peft_scheme",
@@ -407,6 +408,33 @@ def check_sequence(req: PlanRequest, gpu: Gpu) -> list[Violation]:
     return out
 
 
+def check_packing(req: PlanRequest, gpu: Gpu) -> list[Violation]:
+    """NeMo 1.x (24.03-era main) packed sequences: GPTSFTPackedDataset and the THD attention path it feeds."""
+    if not (req.packed_sequence and req.backend == "nemo"):
+        return []
+    out = []
+    if req.mbs != 1:
+        out.append(_err(
+            "mbs", req.mbs, "NeMo: 'Micro batch size must be 1 if using packed sequence' (a pack is the batch)",
+            "model.micro_batch_size=1; raise model.data.train_ds.max_seq_length (the pack size) instead",
+        ))
+    if req.peft == "ptuning":
+        out.append(_err(
+            "packed_sequence", True, "NeMo: 'P-Tuning with packed sequence is not supported.'",
+            "model.data.train_ds.packed_sequence=false, or model.peft.peft_scheme=lora",
+        ))
+    if req.flash_attention is False or (not gpu.is_cpu and not gpu.flash_attention):
+        why = ("NVTE_FLASH_ATTN=0 and NVTE_FUSED_ATTN=0 are set" if req.flash_attention is False
+               else f"{gpu.name} has no flash/fused attention (sm80+)")
+        out.append(_err(
+            "packed_sequence", True,
+            f"NeMo passes packed rows to TransformerEngine as THD (cu_seqlens), which needs flash or fused "
+            f"attention; {why}",
+            "model.data.train_ds.packed_sequence=false (padded batches), or an sm80+ GPU with flash attention on",
+        ))
+    return out
+
+
 #: model families NeMo 1.x can convert from HF (``scripts/checkpoint_converters/convert_*_hf_to_nemo.py``)
 NEMO_CONVERTIBLE_FAMILIES = ("llama", "mistral")
 
@@ -436,6 +464,7 @@ ALL_RULES = (
     check_backend,
     check_peft,
     check_sequence,
+    check_packing,
 )
 
 

@@ -120,6 +120,7 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
     c, t = spec.cluster, spec.trainer
     env = {**{str(k): str(v) for k, v in c.env.items()}, **backend.job_env(spec)}
     log = str(run_dir / "logs" / "job.out")
+    prepare_steps: List[Step] = backend.prepare_steps(spec, str(run_dir))  # e.g. NeMo's packing step
     train_steps: List[Step] = backend.train_steps(spec, str(run_dir))
     eval_steps: List[Step] = backend.eval_steps(spec, str(run_dir)) if with_eval else []
     gpus = t.devices if c.gpu.request != "none" else 0
@@ -129,17 +130,23 @@ def render_scripts(spec: DictConfig, run_dir: Path, run_id: str, with_eval: bool
         # One job runs train then eval: the local executor has no dependencies.
         sb = sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
                             gpus_per_node=gpus, comment=f"hpc-ft:{run_id}")
-        return {"train": render_job_script(spec, steps=train_steps + eval_steps, sbatch=sb,
+        return {"train": render_job_script(spec, steps=prepare_steps + train_steps + eval_steps, sbatch=sb,
                                            description="train" + (" + eval" if eval_steps else ""), **common)}
     from hpc_ft.executors.slurm import AFTEROK_PLACEHOLDER
 
-    scripts = {
-        "train": render_job_script(
-            spec, steps=train_steps, description="train",
-            sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
-                                  gpus_per_node=gpus, comment=f"hpc-ft:{run_id}"),
-            **common),
-    }
+    scripts: Dict[str, JobScript] = {}
+    if prepare_steps:  # its own job on one GPU; training waits on it (afterok)
+        scripts["pack"] = render_job_script(
+            spec, steps=prepare_steps, description="pack (before train)",
+            sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "pack"), output=log, nodes=1,
+                                  gpus_per_node=min(gpus, 1), comment=f"hpc-ft:{run_id}"),
+            **common)
+    scripts["train"] = render_job_script(
+        spec, steps=train_steps, description="train" + (" (after pack: afterok)" if prepare_steps else ""),
+        sbatch=sbatch_options(spec, job_name=job_name(spec, run_id, "train"), output=log, nodes=t.num_nodes,
+                              gpus_per_node=gpus, comment=f"hpc-ft:{run_id}",
+                              dependency=AFTEROK_PLACEHOLDER if prepare_steps else None),
+        **common)
     if eval_steps:
         scripts["eval"] = render_job_script(
             spec, steps=eval_steps, description="eval (after train: afterok)",
@@ -171,7 +178,7 @@ class Submission:
     """What to hand to an executor and how to record it."""
 
     executor: Executor
-    scripts: Dict[str, Path]          # kind -> script, in order; "eval" waits on "train" (afterok)
+    scripts: Dict[str, Path]          # kind -> script, in order; each waits on the one before (afterok)
     records: List[RunRecord]          # the runs recorded: one, or one per array task
     folder: Path                      # submitit's folder (<run_dir>/logs/submitit)
     timeout_min: float
@@ -192,7 +199,8 @@ def submit_and_record(sub: Submission, registry=None) -> Dict[str, Submitted]:
                 done[kind] = ex.submit_array(path, sub.folder, sub.array_size, timeout_min=sub.timeout_min,
                                              signal_delay_s=sub.signal_delay_s)
             else:
-                after = done["train"].job_id if "train" in done else None
+                # each job waits (afterok) on the one before it: pack -> train -> eval
+                after = list(done.values())[-1].job_id if done else None
                 done[kind] = ex.submit(path, sub.folder, timeout_min=sub.timeout_min,
                                        signal_delay_s=sub.signal_delay_s, after=after)
     except UserError:

@@ -76,7 +76,10 @@ def plan_request(spec: DictConfig, source=None, **changes):
         pp=m.pipeline_model_parallel_size,
         mbs=m.micro_batch_size,
         gbs=m.global_batch_size,
-        seq_len=min(spec.data.seq_len, m.data.train_ds.max_seq_length),
+        # a packed micro-batch is max_seq_length tokens per sequence; padded ones the data's own length
+        seq_len=(m.data.train_ds.max_seq_length if m.data.train_ds.packed_sequence
+                 else min(spec.data.seq_len, m.data.train_ds.max_seq_length)),
+        packed_sequence=bool(m.data.train_ds.packed_sequence),
         sequence_parallel=m.sequence_parallel,
         precision=str(t.precision),
         megatron_amp_O2=m.megatron_amp_O2,

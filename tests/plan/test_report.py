@@ -23,7 +23,8 @@ def test_json_keys_present_and_in_order(reference):
     d = json.loads(to_json(plan(reference)))
     assert list(d) == TOP_KEYS
     assert list(d["breakdown"]) == list(COMPONENTS)
-    assert list(d["layout"]) == ["tp", "pp", "dp", "mbs", "gbs", "micro_batches", "world_size", "seq_len"]
+    assert list(d["layout"]) == ["tp", "pp", "dp", "mbs", "gbs", "micro_batches", "world_size", "seq_len",
+                               "packed_sequence"]
     for alt in d["alternatives"]:
         assert list(alt) == ["tp", "pp", "mbs", "dp", "ok", "fits", "memory_fits", "per_gpu_gib", "reason"]
     assert d["schema"] == "hpc-ft.plan/1"

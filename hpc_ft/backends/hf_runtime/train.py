@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from hpc_ft.data.spec import add_data_arguments
+from hpc_ft.backends.hf_runtime import batching
 from hpc_ft.errors import UserError, did_you_mean
 
 #: --monitor (NeMo's metric name) -> the Trainer's metric
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", choices=["auto", "never"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process")
     p.add_argument("--log-every", type=int, default=5, help="a train event every N steps")
+    batching.add_arguments(p)
     return p
 
 
@@ -341,20 +343,30 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train, valid = load_splits(args, tokenizer, log)
+    # packing/grouping and the tokenized-data cache (batching.py, token_cache.py)
+    started_data = time.perf_counter()
+    train, valid, from_cache = batching.encode_splits(args, tokenizer, load_splits, log)
+    data_seconds = time.perf_counter() - started_data
 
+    started_model = time.perf_counter()
     model = load_model(args, has_cuda)
+    model_seconds = time.perf_counter() - started_model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    collator = AnswerOnlyCollator(tokenizer.pad_token_id)
+    batches = batching.train_batching(train.examples, args, tokenizer.pad_token_id,
+                                      AnswerOnlyCollator(tokenizer.pad_token_id),
+                                      getattr(model.config, "_attn_implementation", None))
+    collator = batches.collate
     tokens_counted = [0]
 
     def collate(features):
         tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
         return collator(features)
 
-    max_steps, epoch_limit = step_budget(args, len(train.examples), world_size)
-    callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    max_steps, epoch_limit = step_budget(args, len(batches.train_dataset), world_size)
+    callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption,
+                 batching.first_step_event(events, lambda: tokens_counted[0], data_seconds=data_seconds,
+                                           model_seconds=model_seconds, tokenized_from_cache=from_cache)]
     if args.save_top_k != -1:
         callbacks.append(KeepTopK(args.save_top_k, MONITORED[args.monitor], args.mode == "max", is_main))
     if args.tensorboard_dir and is_main:
@@ -373,11 +385,14 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         callbacks.insert(0, GeneratingValidation(tokenizer, rendered, args.val_tokens_to_generate,
                                                  args.micro_batch_size))
     optimizer = build_optimizer(model, args)
+    targs = training_arguments(args, has_cuda, world_size, max_steps)
+    for option, value in batches.trainer_options.items():
+        setattr(targs, option, value)
     trainer = Trainer(
         model=model,
-        args=training_arguments(args, has_cuda, world_size, max_steps),
+        args=targs,
         optimizers=(optimizer, build_scheduler(optimizer, args, max_steps)),
-        train_dataset=train.examples,
+        train_dataset=batches.train_dataset,
         eval_dataset=valid.examples,
         data_collator=collate,
         processing_class=tokenizer,
@@ -398,6 +413,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         f"{len(train.examples)} train / {len(valid.examples)} valid rows; world {world_size}, "
         f"mbs {args.micro_batch_size} x accum {args.grad_accum} = gbs {args.global_batch_size}; "
         f"max_steps {max_steps}{f' ({args.max_epochs} epochs)' if epoch_limit else ''}, eval every {args.eval_steps}")
+    log(f"[batching] {batches.description}")
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
