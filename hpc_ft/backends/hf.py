@@ -22,6 +22,7 @@ from hpc_ft.render.shell import Token
 
 NEMO_FINETUNE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_finetuning.py"
 NEMO_GENERATE = "/opt/NeMo/examples/nlp/language_modeling/tuning/megatron_gpt_generate.py"
+NEMO_PACK = "/opt/NeMo/scripts/nlp_language_modeling/prepare_packed_ft_dataset.py"
 TRAIN_MODULE = "hpc_ft.backends.hf_runtime.train"
 GENERATE_MODULE = "hpc_ft.backends.hf_runtime.generate"
 TINY_MODULE = "hpc_ft.backends.hf_runtime.tiny_model"
@@ -74,6 +75,8 @@ REFUSED: List[Rule] = [
     ("backend.extra_overrides", lambda v: len(v) > 0, "They are NeMo Hydra overrides. " + NEMO_ONLY),
     ("backend.generate_max_new_tokens", lambda v: v is not None,
      "Set model.data.test_ds.tokens_to_generate instead (both backends read it)."),
+    ("backend.pack_script", lambda v: v != NEMO_PACK,
+     "It is NeMo's packing script; hf packs by itself with model.data.train_ds.packed_sequence=true."),
 ]
 
 
@@ -132,6 +135,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         from hpc_ft.backends import hf_tasks
 
         return hf_tasks.train_steps(spec, run_dir)
+    keys.refuse(spec, "hf", keys.SFT_REFUSED)
     m, t = spec.model, spec.trainer
     p = paths(run_dir)
     steps_n = max_steps(spec)

@@ -62,7 +62,19 @@ CONDITIONAL = {
     "container.": "cluster.container_runtime is not none (else the job runs in no container)",
     "cluster.binds": "cluster.container_runtime is not none",
     "secrets": "cluster.container_runtime is not none (without a container the job inherits the environment)",
+    "backend.pack_script": "model.data.train_ds.packed_sequence is true (nemo: the pack job runs it; hf refuses it)",
 }
+
+
+#: keys only the classification/NER/preference tasks read: refused for sft rather than ignored
+TASK_ONLY = "Only task=classification, token_classification or preference read it."
+SFT_REFUSED: list = [
+    ("data.split.validation", lambda v: v is not None,
+     TASK_ONLY + " For sft, name the validation file in model.data.validation_ds.file_names."),
+    ("data.split.seed", lambda v: v != 42, TASK_ONLY),
+    ("task.overlong", lambda v: v != "truncate",
+     "sft cuts rows at max_seq_length (the submit summary counts them); raise model.data.train_ds.max_seq_length."),
+]
 
 
 def outside_the_job(backend: str) -> dict:
@@ -80,6 +92,8 @@ def read_here(key: str, spec: DictConfig) -> bool:
         return spec.model.data.validation_ds.metric.name != "loss"
     if key.startswith("container.") or key in ("cluster.binds", "secrets"):
         return spec.cluster.container_runtime != "none"
+    if key == "backend.pack_script":
+        return spec.backend.name == "hf" or bool(spec.model.data.train_ds.packed_sequence)
     return True
 
 

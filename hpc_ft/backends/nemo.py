@@ -205,6 +205,7 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     keys.refuse(spec, "nemo", REFUSED)
+    keys.refuse(spec, "nemo", keys.SFT_REFUSED)
     args = _render(packed_train_overrides(spec, run_dir, train_overrides(spec, run_dir) + changed_overrides(spec)),
                    spec.backend.extra_overrides)
     cmd = distributed(spec, [spec.backend.finetune_script] + args)

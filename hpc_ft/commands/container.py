@@ -138,7 +138,7 @@ def cmd_build(args) -> int:
             sys.stdout.write(text)
             print(f"hpc-ft: dry run: build job for '{plan.name}' (nothing submitted)", file=sys.stderr)
             return 0
-        from hpc_ft.submit import executors
+        from hpc_ft.executors import slurm as executors
 
         plan.sif.parent.mkdir(parents=True, exist_ok=True)
         script = plan.sif.parent / f"build-{plan.name}.sbatch"

@@ -350,12 +350,12 @@ def launch_steps(spec: DictConfig, kind: str, make_steps, row: Optional[Dict[str
         rd.write_text(run_dir / "config.yaml", rd.config_yaml(spec))
         record = new_record(spec, run_id, run_dir, dry_run=dry_run, kind=kind, config_hash=rd.config_hash(spec))
         write_record(record)
-    else:
-        record = RunRecord.read(run_dir)
     path = run_dir / f"{kind}.sbatch"
     rd.write_text(path, script.text, 0o755)
     if dry_run:
         return launch
+    if row is not None:
+        record = RunRecord.read(run_dir)
     done = submit_and_record(submission_for(spec, {kind: path}, [record], run_dir / "logs" / "submitit",
                                             new_runs=row is None or registry is None or registry.get(run_id) is None),
                              registry)

@@ -238,7 +238,7 @@ def test_the_hf_backend_refuses_a_nemo_key_in_one_line_naming_key_and_backend(tm
 # keys of the other backend: set with +key=value, then refused by this one
 OTHER_BACKEND = {
     "hf": {"backend.finetune_script", "backend.generate_script", "backend.convert_script", "backend.extra_overrides",
-           "backend.env", "backend.generate_max_new_tokens"},
+           "backend.env", "backend.generate_max_new_tokens", "backend.pack_script"},
     "nemo": {"backend.threads", "backend.generate_max_new_tokens"},
 }
 

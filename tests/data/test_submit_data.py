@@ -98,7 +98,7 @@ def test_the_summary_shows_rows_the_marked_example_and_lengths(tmp_path, user_fi
     _, err, _ = dry_run(tmp_path, *keys, *TEMPLATE)
     assert "hpc-ft: data train: 6 rows in 1 file(s) (alpaca)" in err
     assert "[[LOSS>>答え0<<LOSS]]" in err
-    assert "max_seq_length 2048: 0 row(s) would be cut" in err
+    assert "max_seq_length 256: 0 row(s) would be cut" in err
 
 
 def test_several_train_files_need_one_probability_each(tmp_path, user_files):

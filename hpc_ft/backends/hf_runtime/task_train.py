@@ -19,17 +19,17 @@ from hpc_ft.backends.hf_runtime import train as sft
 from hpc_ft.errors import UserError
 
 TASKS = ("classification", "token_classification", "preference")
+#: what a task's early stopping and best checkpoint may follow (the eval's scores, as val_<name>)
+TASK_MONITORS = ["val_loss", "val_accuracy", "val_f1", "val_precision", "val_recall", "val_log_loss"]
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "preference": "SEQ_CLS", "token_classification": "TOKEN_CLS"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = sft.build_parser()
+    p = sft.build_parser(monitor_choices=TASK_MONITORS)  # a task monitors its own metrics (val_f1, ...)
     p.prog = "python -m hpc_ft.backends.hf_runtime.task_train"
     p.description = "Fine-tune a sequence/token classification head (full or LoRA + head) on prepared task rows."
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--labels-file", required=True, help="labels.json written at submit (the label names, in id order)")
-    p.add_argument("--monitor", default="val_loss", help="the metric early stopping and the best checkpoint follow")
-    p.add_argument("--mode", default="min", choices=["min", "max"])
     p.add_argument("--overlong", default="truncate", choices=["truncate", "split", "refuse"])
     return p
 
@@ -103,6 +103,8 @@ def encode(args, tokenizer, labels: list[str], path: str, argument: str):
 
 def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, events, log) -> int:
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
+
+    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK
     from transformers.utils import logging as hf_logging
 
     from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
@@ -143,11 +145,13 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
         return collate_batch(features)
 
-    targs = sft.training_arguments(args, has_cuda, world_size)
+    targs = sft.training_arguments(args, has_cuda, world_size, args.max_steps)
     targs.metric_for_best_model = metric_key(args.monitor)
     targs.greater_is_better = args.mode == "max"
     targs.label_names = ["labels"]
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
+    if args.save_top_k != -1:  # exp_manager.checkpoint_callback_params.save_top_k, by the task's own metric
+        callbacks.append(KeepTopK(args.save_top_k, metric_key(args.monitor), args.mode == "max", is_main))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)

@@ -23,7 +23,8 @@ MONITORED = {"val_loss": "eval_loss", "validation_exact_string_match": "eval_exa
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(monitor_choices: list | None = None) -> argparse.ArgumentParser:
+    """The SFT runtime's arguments; `monitor_choices` widens --monitor (a task's own metrics: val_f1, ...)."""
     p = argparse.ArgumentParser(
         prog="python -m hpc_ft.backends.hf_runtime.train",
         description="Supervised fine-tuning (loss on the answer only) with LoRA/QLoRA/full parameters.",
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=int, default=-1, help="stop after this many passes over the data; -1 = no limit")
     p.add_argument("--save-top-k", type=int, default=1,
                    help="keep the k best checkpoints by --monitor (and the latest, to resume); -1 = keep all")
-    p.add_argument("--monitor", default="val_loss", choices=sorted(MONITORED), help="metric for early stopping and best")
+    p.add_argument("--monitor", default="val_loss", choices=monitor_choices or sorted(MONITORED),
+                   help="metric for early stopping and best")
     p.add_argument("--val-metric", default="loss", choices=["loss", "exact_string_match"],
                    help="exact_string_match: also generate answers to the validation prompts and score them")
     p.add_argument("--val-tokens-to-generate", type=int, default=10, help="with --val-metric exact_string_match")
@@ -238,7 +240,7 @@ def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
         save_steps=args.eval_steps,
         save_total_limit=None,  # KeepTopK prunes: the k best by the monitored metric, and the latest
         load_best_model_at_end=True,
-        metric_for_best_model=MONITORED[args.monitor],
+        metric_for_best_model=MONITORED.get(args.monitor, "eval_" + args.monitor.removeprefix("val_")),
         greater_is_better=args.mode == "max",
         seed=args.seed,
         bf16=args.precision == "bf16",
