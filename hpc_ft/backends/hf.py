@@ -117,7 +117,7 @@ def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
         "--max-epochs", t.max_epochs,
         "--log-every", t.log_every_n_steps,
         "--save-top-k", e.checkpoint_callback_params.save_top_k,
-        "--monitor", monitor,
+        "--monitor-metric", monitor,
         "--val-metric", m.data.validation_ds.metric.name,
         "--val-tokens-to-generate", m.data.validation_ds.tokens_to_generate,
         "--mode", es.mode,

@@ -56,7 +56,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--eval-steps", hf.eval_interval(spec, n),
         "--patience", es.patience if spec.exp_manager.create_early_stopping_callback else 0,
         "--min-delta", es.min_delta,
-        "--monitor", es.monitor,
+        "--monitor-metric", es.monitor,
         "--mode", es.mode,
         "--micro-batch-size", m.micro_batch_size,
         "--global-batch-size", m.global_batch_size,

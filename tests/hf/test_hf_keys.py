@@ -140,4 +140,4 @@ def test_exact_string_match_validation_generates_and_can_be_monitored(model_dir,
     assert events[-1]["kind"] == "end"
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--model-dir", "m", "--train-file", "t", "--valid-file", "v",
-                                         "--output-dir", "o", "--monitor", "val_acc"])
+                                         "--output-dir", "o", "--monitor-metric", "val_acc"])

@@ -18,7 +18,7 @@ from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.backends.hf_runtime import batching
 from hpc_ft.errors import UserError, did_you_mean
 
-#: --monitor (NeMo's metric name) -> the Trainer's metric
+#: --monitor-metric (NeMo's metric name) -> the Trainer's metric
 MONITORED = {"val_loss": "eval_loss", "validation_exact_string_match": "eval_exact_string_match"}
 PRECISIONS = {"32": "32", "fp32": "32", "16": "16", "fp16": "16", "16-mixed": "16", "bf16": "bf16", "bf16-mixed": "bf16"}
 
@@ -50,7 +50,9 @@ def build_parser(monitor_choices: list | None = None) -> argparse.ArgumentParser
     p.add_argument("--max-epochs", type=int, default=-1, help="stop after this many passes over the data; -1 = no limit")
     p.add_argument("--save-top-k", type=int, default=1,
                    help="keep the k best checkpoints by --monitor (and the latest, to resume); -1 = keep all")
-    p.add_argument("--monitor", default="val_loss", choices=monitor_choices or sorted(MONITORED),
+    # not --monitor: torch.distributed.run, which parses the whole command line first, reads it as an
+    # ambiguous prefix of its own --monitor-interval and stops every multi-process job
+    p.add_argument("--monitor-metric", dest="monitor", default="val_loss", choices=monitor_choices or sorted(MONITORED),
                    help="metric for early stopping and best")
     p.add_argument("--val-metric", default="loss", choices=["loss", "exact_string_match"],
                    help="exact_string_match: also generate answers to the validation prompts and score them")
