@@ -76,7 +76,8 @@ def test_seed_003_rinna_template_on_a_tiny_gpt_neox(tmp_path):
     rows, preds = test_rows(tmp_path), predictions(run_dir)
     assert len(preds) == len(rows)
     for row, pred in zip(rows, preds):
-        assert pred["input"].endswith(f"ユーザー: {row['instruction']}<NL><NL>システム: ")
+        # NeMo splits a template at the answer field with the space before it on the answer's side
+        assert pred["input"].endswith(f"ユーザー: {row['instruction']}<NL><NL>システム:")
         assert pred["label"] == row["output"]
 
 

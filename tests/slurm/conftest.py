@@ -96,3 +96,16 @@ def slurm2(slurm):
     if why:
         pytest.skip(why)
     return True
+
+
+def broken_model(work, tmp_path) -> Path:
+    """A checkpoint folder that passes every check at submit (config.json, tokenizer) but has no weights:
+    the training step fails on the node, as a job does when its files go wrong after submit."""
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for f in (work / "models" / "tiny_llama").iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")):
+            shutil.copy(f, broken / f.name)
+    return broken

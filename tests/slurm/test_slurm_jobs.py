@@ -10,7 +10,7 @@ import time
 import pytest
 
 from hpc_ft.track.outcome import exit_code_for
-from tests.slurm.conftest import hpcft, submit
+from tests.slurm.conftest import SMALL, broken_model, hpcft, submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
 
@@ -67,7 +67,7 @@ def test_two_rank_job_under_export_none_needs_nothing_from_the_submitting_shell(
     interpreter (`python -m torch.distributed.run`, no bare torchrun) must be all it needs."""
     env = dict(_env(tmp_path), HPC_FT_TEST_MARKER="from-the-submitting-shell")
     launch = submit(tiny_work, "trainer.devices=2", "model.micro_batch_size=2", "cluster.export=NONE",
-                    "cluster.setup=['echo submitter-marker=${HPC_FT_TEST_MARKER:-unset}']", env=env)
+                    "cluster.setup=['printenv HPC_FT_TEST_MARKER || echo submitter-marker=unset']", env=env)
     script = open(os.path.join(launch["run_dir"], "job.sbatch")).read()
     assert "#SBATCH --export=" in script and "torch.distributed.run" in script
     st = _status(launch["run_id"], env)
@@ -97,15 +97,17 @@ def test_cancel_gives_cancelled(tiny_work, tmp_path):
 
 def test_failing_job_is_failed_with_the_log_tail(tiny_work, tmp_path):
     env = _env(tmp_path)
-    # fp16 on a CPU: the planner refuses it (exit 2); forced through, the training step fails on the node.
+    # fp16 on a CPU: a rule error, refused at submit (exit 2), and --force overrides memory verdicts only
     refused = submit(tiny_work, "trainer.precision=16", env=env, expect_rc=2)
     assert "trainer.precision" in refused.stderr
-    proc = hpcft("train", "cluster=slurm_local", f"work_dir={tiny_work}", "trainer.precision=16", "--force",
-                 "--json", env=env)
+    refused = submit(tiny_work, "trainer.precision=16", "--force", env=env, expect_rc=2)
+    # weights gone after submit: the training step fails on the node
+    proc = hpcft("train", "cluster=slurm_local", f"work_dir={tiny_work}", *SMALL,
+                 f"model.hf_path={broken_model(tiny_work, tmp_path)}", "--json", env=env)
     launch = json.loads(proc.stdout)
     st = _status(launch["run_id"], env)
     assert st["state"] == "FAILED", st
     assert _sacct_state(launch["jobs"]["train"]) == "FAILED"
-    assert "precision" in (st.get("log_tail") or "")
+    assert "Error" in (st.get("log_tail") or "")
     text = hpcft("status", launch["run_id"], env=env, check=False).stdout
     assert "log tail:" in text

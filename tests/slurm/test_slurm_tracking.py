@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hpc_ft.track.outcome import exit_code_for
-from tests.slurm.conftest import REPO, SMALL, hpcft
+from tests.slurm.conftest import REPO, SMALL, broken_model, hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
 
@@ -59,9 +59,9 @@ def test_a_run_past_its_time_limit_without_requeues_ends_timeout(tiny_work, tmp_
 
 def test_the_eval_job_of_a_failed_training_is_cancelled_and_reported_so(tiny_work, tmp_path):
     env = _env(tmp_path)
-    # fp16 on a CPU fails on the node (forced past the planner); eval=true chains eval with afterok
-    proc = hpcft("train", "cluster=slurm_local", f"work_dir={tiny_work}", *SMALL, "trainer.precision=16", "eval=true",
-                 "--force", "--json", env=env)
+    # a checkpoint whose weights are gone fails on the node; eval=true chains eval with afterok
+    proc = hpcft("train", "cluster=slurm_local", f"work_dir={tiny_work}", *SMALL,
+                 f"model.hf_path={broken_model(tiny_work, tmp_path)}", "eval=true", "--json", env=env)
     launch = json.loads(proc.stdout)
     assert set(launch["jobs"]) == {"train", "eval"}
     deadline = time.time() + 240

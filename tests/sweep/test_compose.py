@@ -81,7 +81,7 @@ def test_range_and_choice_expand_in_hydra_order(work_dir):
 
 def test_a_glob_over_a_group_lists_its_options(work_dir):
     points = compose_points([f"work_dir={work_dir}", "cluster=glob(*)"])
-    assert sorted(p.spec.cluster.name for p in points) == ["local", "nig", "slurm_local"]
+    assert sorted(p.spec.cluster.name for p in points) == ["local", "nig", "slurm_local", "slurm_local2"]
 
 
 def test_interval_cannot_be_listed(work_dir):
