@@ -8,6 +8,7 @@ vocabulary (Slurm's: PENDING, RUNNING, COMPLETED, FAILED, ...), cancels and list
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import re
@@ -56,7 +57,7 @@ class SchedulerJob:
     script: str = ""     # the path sbatch was given (squeue %o, sacct SubmitLine)
 
 
-class Executor:
+class Executor(abc.ABC):
     """Where jobs run. Subclasses: `SlurmExecutor` (executors/slurm.py), `LocalExecutor` (executors/local.py)."""
 
     name = ""
@@ -76,25 +77,27 @@ class Executor:
     def check(self, script_path: Path) -> None:
         """Ask the scheduler whether it would accept the script, without queueing it (no-op locally)."""
 
+    @abc.abstractmethod
     def submit(self, script_path: Path, folder: Path, *, timeout_min: float, signal_delay_s: int,
                after: Optional[str] = None) -> Submitted:
-        raise NotImplementedError
+        """Submit one job script (after: a job id it waits for with afterok)."""
 
+    @abc.abstractmethod
     def submit_array(self, script_path: Path, folder: Path, size: int, *, timeout_min: float,
                      signal_delay_s: int) -> Submitted:
-        raise NotImplementedError
+        """Submit one array job of `size` tasks."""
 
+    @abc.abstractmethod
     def states(self, job_ids: List[str], run_dir: Optional[Path] = None) -> Dict[str, Dict[str, str]]:
         """job id -> {State, ExitCode, Reason, NodeList, Restarts, Previous} (what the executor knows)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def array_states(self, array_job_id: str, tasks: Dict[int, Path]) -> Dict[int, Dict[str, str]]:
         """task -> row for the tasks of an array job (task -> its run directory)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def cancel(self, jobs: Dict[str, str], run_dir: Path) -> List[str]:
         """Cancel the live jobs of a run (kind -> job id); returns "kind id" for each one cancelled."""
-        raise NotImplementedError
 
     def take_back(self, job_ids: List[str]) -> None:
         """Cancel jobs just submitted, quietly (a later submission of the same run was refused)."""

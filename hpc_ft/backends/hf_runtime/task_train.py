@@ -227,12 +227,7 @@ def _loss_at(state, checkpoint: str | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"task_train: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+    return sft.run_main("task_train", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

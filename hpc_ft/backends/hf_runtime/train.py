@@ -470,13 +470,18 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_main(prog: str, parser: argparse.ArgumentParser, run_args, argv: list[str] | None) -> int:
+    """A node program's entry: parse, run, and turn a UserError into one line and exit code 2."""
+    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run_args(args)
     except UserError as exc:
-        print(f"train: error: {exc}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("train", build_parser(), run, argv)
 
 
 if __name__ == "__main__":
