@@ -13,7 +13,7 @@ from tests.slurm.conftest import hpcft
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hf]
 
-MAX_STEPS = 4000
+MAX_STEPS = 1200
 CKPT_EVERY = 100
 
 
@@ -27,7 +27,9 @@ def test_time_limited_run_requeues_and_resumes_to_max_steps_exactly(tiny_work, t
     st = json.loads(hpcft("status", launch["run_id"], "--wait", "--json", env=env, timeout=900).stdout)
     assert st["state"] == "COMPLETED", st
     assert st["step"] == MAX_STEPS and st["end_cause"] == "COMPLETED"
-    assert st["requeues"] >= 2, "the run should have needed at least three allocations"
+    # Slurm may send the pre-timeout signal up to a minute early, so an allocation trains 0-20 s: 1,200 steps
+    # (about 40 s of training here) need two allocations at the very least, usually four or five
+    assert st["requeues"] >= 1, "the run should have needed at least two allocations"
 
     events = [json.loads(line) for line in (Path(launch["run_dir"]) / "events.jsonl").read_text().splitlines()]
     attempts, current = [], None
