@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from hpc_ft.backends import keys
 from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
-    ALL_LINEAR, NEMO_TARGET_ROLES, PEFT_SCHEMES, eval_interval, lora_names, lora_targets, max_steps, paths)
-from hpc_ft.backends.hf_runtime.optim import OPTIMIZERS, SCHEDULES
+    ALL_LINEAR, HF_OPTIM_DEFAULTS, NEMO_TARGET_ROLES, PEFT_SCHEMES, eval_interval, lora_names, lora_targets, max_steps,
+    optim_value, optimizer_keys, paths)
 from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.errors import UserError, did_you_mean
@@ -50,9 +50,6 @@ def job_env(spec: DictConfig) -> Dict[str, str]:
     return env
 
 
-#: model.optim / sched values the hf runtime uses where a key is null (NeMo's own defaults differ: see nemo.py)
-HF_OPTIM_DEFAULTS = {"weight_decay": 0.0, "betas": [0.9, 0.999], "sched.name": "linear", "sched.warmup_steps": 0,
-                     "sched.min_lr": 0.0}
 #: exp_manager.early_stopping_callback_params.monitor (NeMo's names) -> the hf runtime's --monitor
 HF_MONITORS = {"val_loss": "val_loss", "validation_loss": "val_loss",
                "validation_exact_string_match": "validation_exact_string_match"}
@@ -80,53 +77,23 @@ REFUSED: List[Rule] = [
 ]
 
 
-def optim_value(spec: DictConfig, key: str):
-    value = keys.select(spec.model.optim, key)
-    return HF_OPTIM_DEFAULTS[key] if value is None else value
-
-
 def runtime_keys(spec: DictConfig, run_dir: str) -> List[Token]:
-    """The train arguments that carry optimizer, schedule, stopping, checkpoint and logging keys."""
-    m, t, e = spec.model, spec.trainer, spec.exp_manager
-    es = e.early_stopping_callback_params
-    if m.data.validation_ds.num_workers != m.data.train_ds.num_workers:
-        raise UserError(
-            f"model.data.validation_ds.num_workers={m.data.validation_ds.num_workers}: the hf backend loads train and "
-            f"validation with one worker count; set it equal to model.data.train_ds.num_workers ({m.data.train_ds.num_workers})."
-        )
-    for key, value, known in (("model.optim.name", m.optim.name, OPTIMIZERS),
-                              ("model.optim.sched.name", optim_value(spec, "sched.name"), SCHEDULES)):
-        if value not in known:
-            raise UserError(f"{key}={value}: the hf backend builds {', '.join(known)}.{did_you_mean(str(value), known)}")
-    if len(optim_value(spec, "betas")) != 2:
-        raise UserError(f"model.optim.betas={optim_value(spec, 'betas')}: give two numbers, e.g. [0.9,0.999].")
+    """SFT's train arguments beyond the model and data: optimizer_keys and the validation metric that early
+    stopping and the best checkpoint follow."""
+    m, es = spec.model, spec.exp_manager.early_stopping_callback_params
+    args = optimizer_keys(spec, run_dir)
     monitor = HF_MONITORS.get(es.monitor)
     if monitor is None or (monitor != "val_loss" and m.data.validation_ds.metric.name != "exact_string_match"):
         raise UserError(
             f"exp_manager.early_stopping_callback_params.monitor={es.monitor}: the hf backend monitors val_loss, or "
             "validation_exact_string_match with model.data.validation_ds.metric.name=exact_string_match."
         )
-    args: List[Token] = [
-        "--optim", m.optim.name,
-        "--weight-decay", optim_value(spec, "weight_decay"),
-        "--betas", ",".join(str(b) for b in optim_value(spec, "betas")),
-        "--lr-scheduler", optim_value(spec, "sched.name"),
-        "--warmup-steps", optim_value(spec, "sched.warmup_steps"),
-        "--min-lr", optim_value(spec, "sched.min_lr"),
-        "--grad-clip", t.gradient_clip_val,
-        "--max-epochs", t.max_epochs,
-        "--log-every", t.log_every_n_steps,
-        "--save-top-k", e.checkpoint_callback_params.save_top_k,
+    return args + [
         "--monitor-metric", monitor,
         "--val-metric", m.data.validation_ds.metric.name,
         "--val-tokens-to-generate", m.data.validation_ds.tokens_to_generate,
         "--mode", es.mode,
-        "--num-workers", m.data.train_ds.num_workers,
-        "--tensorboard-dir", paths(run_dir)["tensorboard"],
     ]
-    if m.activations_checkpoint_granularity == "full":
-        args.append("--gradient-checkpointing")
-    return args
 
 
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:

@@ -11,6 +11,7 @@ from typing import List
 from omegaconf import DictConfig
 
 from hpc_ft.backends import hf_layout as hf
+from hpc_ft.backends import keys
 from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
 from hpc_ft.models.family import job_family
 from hpc_ft.render import Step
@@ -32,7 +33,30 @@ def lora_target_list(spec: DictConfig) -> str:
     return ",".join(hf.lora_targets(names, family))
 
 
+#: SFT keys a task job cannot honour: refused in one line rather than ignored
+TASK_REFUSED: List[keys.Rule] = [
+    ("model.data.train_ds.prompt_template", lambda v: v is not None, "A task reads its text/label columns as they are "
+     "(data.columns maps their names); prompt templates are for task=sft."),
+    ("data.prompt_template_no_input", lambda v: v is not None, "Prompt templates are for task=sft."),
+    ("data.chat_template", bool, "Chat templates are for task=sft."),
+    ("model.build_chat_template", lambda v: v is not None, "Chat templates are for task=sft."),
+    ("model.answer_only_loss", lambda v: v is not True, "A task's loss is its head's (labels, tags or a/b/tie)."),
+    ("model.data.train_ds.label_key", lambda v: v != "output", "A task's label column is mapped with "
+     "data.columns.label=<column>."),
+    ("model.data.train_ds.packed_sequence", bool, "Packing is for task=sft; a task batches whole rows."),
+    ("model.data.validation_ds.metric.name", lambda v: v != "loss", "A task reports its own metrics at validation "
+     "(choose one with exp_manager.early_stopping_callback_params.monitor, e.g. val_f1)."),
+    ("model.data.test_ds.tokens_to_generate", lambda v: v != 10, "A task generates no text."),
+    ("model.data.validation_ds.tokens_to_generate", lambda v: v != 10, "A task generates no text."),
+]
+
+
+def refuse_sft_keys(spec: DictConfig) -> None:
+    keys.refuse_for(spec, f"task={spec.task.name}", TASK_REFUSED)
+
+
 def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
+    refuse_sft_keys(spec)
     m, t = spec.model, spec.trainer
     p, data = hf.paths(run_dir), prepared_paths(run_dir)
     py = python_exe(spec)
@@ -69,10 +93,9 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--precision", str(t.precision),
         "--max-seq-length", m.data.train_ds.max_seq_length,
         "--overlong", spec.task.overlong,
-        "--grad-clip", t.gradient_clip_val,
-        "--log-every", t.log_every_n_steps,
         "--seed", m.seed,
         "--resume", "auto" if spec.exp_manager.resume_if_exists else "never",
+        *hf.optimizer_keys(spec, run_dir),
     ]
     if spec.backend.threads:
         args += ["--threads", spec.backend.threads]
@@ -86,6 +109,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
 
 def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     """The test split scored with the best checkpoint (resolved when the job starts) and the untuned base."""
+    refuse_sft_keys(spec)
     p, data = hf.paths(run_dir), prepared_paths(run_dir)
     cmd: List[Token] = [
         python_exe(spec), "-m", EVAL_MODULE,
@@ -98,6 +122,7 @@ def eval_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         "--base-output", p["base_predictions"],
         "--max-seq-length", spec.model.data.train_ds.max_seq_length,
         "--overlong", spec.task.overlong,
+        "--batch-size", spec.model.data.test_ds.micro_batch_size,
         "--seed", spec.model.seed,
         "--events", p["events"],
     ]

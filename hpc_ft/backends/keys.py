@@ -63,6 +63,7 @@ CONDITIONAL = {
     "cluster.binds": "cluster.container_runtime is not none",
     "secrets": "cluster.container_runtime is not none (without a container the job inherits the environment)",
     "backend.pack_script": "model.data.train_ds.packed_sequence is true (nemo: the pack job runs it; hf refuses it)",
+    "data.split.seed": "data.split.validation is set (a task carves validation out of train; sft refuses both)",
 }
 
 
@@ -92,6 +93,8 @@ def read_here(key: str, spec: DictConfig) -> bool:
         return spec.model.data.validation_ds.metric.name != "loss"
     if key.startswith("container.") or key in ("cluster.binds", "secrets"):
         return spec.cluster.container_runtime != "none"
+    if key == "data.split.seed":  # sft refuses it; a task reads it when it carves validation out of train
+        return spec.task.name == "sft" or spec.data.split.validation is not None
     if key == "backend.pack_script":
         return spec.backend.name == "hf" or bool(spec.model.data.train_ds.packed_sequence)
     return True
@@ -119,10 +122,15 @@ Rule = Tuple[str, Callable[[Any], bool], str]
 
 def refuse(spec: DictConfig, backend: str, rules: Iterable[Rule]) -> None:
     """Raise one UserError line for the first key the backend cannot honour."""
+    refuse_for(spec, f"the {backend} backend", rules)
+
+
+def refuse_for(spec: DictConfig, who: str, rules: Iterable[Rule]) -> None:
+    """Raise one UserError line for the first key that `who` (a backend, a task) cannot honour."""
     for key, bad, fix in rules:
         value = select(spec, key)
         if bad(value):
-            raise UserError(f"{key}={value}: the {backend} backend does not use this key. {fix}")
+            raise UserError(f"{key}={value}: {who} does not use this key. {fix}")
 
 
 def refuse_family(spec: DictConfig, family: str, known, what: str) -> None:

@@ -357,6 +357,10 @@ def to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:
         key = sorted(missing)[0]
         raise UserError(f"{key}: missing value. Set it on the command line: {key}=...")
     OmegaConf.set_readonly(spec, False)
+    for ds in ("train_ds", "validation_ds", "test_ds"):  # a null file (data.test_file=null) names no file
+        names = spec.model.data[ds].file_names
+        if any(f is None for f in names):
+            spec.model.data[ds].file_names = [f for f in names if f is not None]
     return spec
 
 

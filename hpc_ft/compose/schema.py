@@ -139,7 +139,8 @@ class MetricConf:
 
 @dataclass
 class TrainDsConf:
-    file_names: List[str] = field(default_factory=list)
+    # null entries (data.validation_file=null through the preset's interpolation) are dropped after composing
+    file_names: List[Optional[str]] = field(default_factory=list)
     concat_sampling_probabilities: List[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 2048
     num_workers: int = 0
@@ -152,7 +153,7 @@ class TrainDsConf:
 
 @dataclass
 class ValidationDsConf:
-    file_names: List[str] = field(default_factory=list)
+    file_names: List[Optional[str]] = field(default_factory=list)
     tokens_to_generate: int = 10
     metric: MetricConf = field(default_factory=MetricConf)
     num_workers: int = 0
@@ -160,7 +161,7 @@ class ValidationDsConf:
 
 @dataclass
 class TestDsConf:
-    file_names: List[str] = field(default_factory=list)
+    file_names: List[Optional[str]] = field(default_factory=list)
     names: List[str] = field(default_factory=list)
     global_batch_size: int = 16
     micro_batch_size: int = 4

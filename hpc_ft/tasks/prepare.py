@@ -65,11 +65,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+TASK_SPLIT_KEYS = {"train": "model.data.train_ds.file_names", "validation": "model.data.validation_ds.file_names",
+                   "test": "model.data.test_ds.file_names"}
+
+
+def split_files(spec: DictConfig, split: str) -> List[str]:
+    """The files of a split: NeMo's file_names, the one source of truth on every backend and task (the data
+    preset's data.*_file fill them; a null entry, e.g. data.validation_file=null, names no file)."""
+    return [str(f) for f in spec.model.data[f"{split}_ds"].file_names if f]
+
+
 def _ensure_synthetic(spec: DictConfig, dry_run: bool, notes: List[str]) -> bool:
-    """Write the synthetic set where the data keys point when data.source=synthetic and a file is missing.
-    Returns False when a dry run left it unwritten."""
+    """Write the synthetic set where the data preset points when data.source=synthetic and one of its files that
+    the job reads is missing. Returns False when a dry run left it unwritten."""
     d = spec.data
-    wanted = [f for f in (d.train_file, d.validation_file, d.test_file) if f]
+    preset = {f for f in (d.train_file, d.validation_file, d.test_file) if f}
+    wanted = [f for split in SPLIT_FILES for f in split_files(spec, split) if f in preset]
     if d.source != "synthetic" or all(os.path.isfile(f) for f in wanted):
         return True
     if dry_run:
@@ -81,10 +92,25 @@ def _ensure_synthetic(spec: DictConfig, dry_run: bool, notes: List[str]) -> bool
     return True
 
 
+def _read_files(spec: DictConfig, split: str, max_tokens: int, notes: List[str]) -> List[tuple]:
+    """(Rows, checked rows) of each file of a split, in file_names order."""
+    preset = spec.data[f"{split}_file"]  # name the key the user set: the preset's file, or file_names itself
+    return [_read_split(spec, f"data.{split}_file" if path == preset else TASK_SPLIT_KEYS[split], path, max_tokens, notes)
+            for path in split_files(spec, split)]
+
+
+def _check_weights(spec: DictConfig, files: List[str]) -> None:
+    weights = [float(w) for w in spec.model.data.train_ds.concat_sampling_probabilities]
+    if len(files) > 1 and len(set(weights)) > 1:
+        raise UserError(
+            f"model.data.train_ds.concat_sampling_probabilities={weights}: task={spec.task.name} trains on all rows of "
+            "its train files, once each per epoch; drop the probabilities (or repeat a file in file_names to weight it).")
+
+
 def _read_split(spec: DictConfig, key: str, path: str, max_tokens: int, notes: List[str]) -> tuple[Rows, List[dict]]:
     task = spec.task.name
     tdef = task_def(task)
-    fmt = file_format(path, spec.data.format)
+    fmt = file_format(path, spec.data.format, key)
     if fmt not in tdef.formats:
         raise UserError(f"data.format={fmt}: task={task} reads {', '.join(tdef.formats)}; convert {path} "
                         "or pick the matching task.")
@@ -133,7 +159,7 @@ def _labels(task: str, spec: DictConfig, train: List[dict]) -> List[str]:
                             "add it or fix the rows.")
         return fixed
     if len(names) < 2:
-        raise UserError(f"data.train_file={spec.data.train_file}: one label only ({names[0] if names else '-'}); "
+        raise UserError(f"{TASK_SPLIT_KEYS['train']}={split_files(spec, 'train')}: one label only ({names[0] if names else '-'}); "
                         "classification needs at least two.")
     return names
 
@@ -179,37 +205,44 @@ def prepare_task_data(spec: DictConfig, dry_run: bool = False, notes: Optional[L
     d = spec.data
     max_tokens = int(spec.model.data.train_ds.max_seq_length) - SPECIAL_TOKENS
     own: List[str] = []
-    train_src, train = _read_split(spec, "data.train_file", d.train_file, max_tokens, own)
-    sources = {"train": d.train_file}
+    files = {split: split_files(spec, split) for split in SPLIT_FILES}
+    if not files["train"]:
+        raise UserError(f"{TASK_SPLIT_KEYS['train']} is empty; name the train file(s), e.g. data.train_file=/path/train.jsonl.")
+    _check_weights(spec, files["train"])
+    read_train = _read_files(spec, "train", max_tokens, own)
+    train = [row for _, rows in read_train for row in rows]
+    sources = {split: _joined(names) for split, names in files.items() if names}
     split_info = None
     frac = d.split.validation
+    read_valid: List[tuple] = []
     if frac is not None:
-        if d.validation_file:
-            raise UserError(f"data.split.validation={frac} and data.validation_file={d.validation_file}: give one; "
-                            "set data.validation_file=null to carve validation out of the train file.")
+        if files["validation"]:
+            raise UserError(f"data.split.validation={frac} and {TASK_SPLIT_KEYS['validation']}={files['validation']}: "
+                            "give one; set data.validation_file=null to carve validation out of the train file.")
         if not 0 < frac < 1:
             raise UserError(f"data.split.validation={frac}: a fraction in (0, 1), e.g. 0.1.")
         train, valid = _carve_validation(train, float(frac), int(d.split.seed))
-        split_info = {"validation": float(frac), "seed": int(d.split.seed), "from": d.train_file,
+        split_info = {"validation": float(frac), "seed": int(d.split.seed), "from": sources["train"],
                       "train_rows": len(train), "validation_rows": len(valid)}
-        valid_src = None
-    elif d.validation_file:
-        valid_src, valid = _read_split(spec, "data.validation_file", d.validation_file, max_tokens, own)
-        sources["validation"] = d.validation_file
+    elif files["validation"]:
+        read_valid = _read_files(spec, "validation", max_tokens, own)
+        valid = [row for _, rows in read_valid for row in rows]
     else:
-        raise UserError("data.validation_file: null and data.split.validation is not set; give a validation file or "
-                        "data.split.validation=0.1 to carve one out of the train file.")
+        raise UserError(f"{TASK_SPLIT_KEYS['validation']} is empty and data.split.validation is not set; give a "
+                        "validation file (data.validation_file=...) or data.split.validation=0.1 to carve one out of "
+                        "the train file.")
     labels = _labels(task, spec, train)
     splits = {"train": train, "validation": valid}
-    if valid_src is not None:
-        _check_eval_labels(task, labels, valid_src, valid, "data.train_file")
-    if d.test_file:
-        test_src, test = _read_split(spec, "data.test_file", d.test_file, max_tokens, own)
-        _check_eval_labels(task, labels, test_src, test, "data.train_file")
-        splits["test"] = test
-        sources["test"] = d.test_file
+    for src, rows in read_valid:
+        _check_eval_labels(task, labels, src, rows, TASK_SPLIT_KEYS["train"])
+    if files["test"]:
+        read_test = _read_files(spec, "test", max_tokens, own)
+        for src, rows in read_test:
+            _check_eval_labels(task, labels, src, rows, TASK_SPLIT_KEYS["train"])
+        splits["test"] = [row for _, rows in read_test for row in rows]
     elif spec.eval:
-        raise UserError("data.test_file: null, but eval=true scores the test split; set data.test_file=<file>.")
+        raise UserError(f"{TASK_SPLIT_KEYS['test']} is empty, but eval=true scores the test split; set "
+                        "data.test_file=<file>.")
     notes.extend(own)
     return PreparedTask(task, splits, labels, sources, split_info, own)
 
@@ -235,10 +268,13 @@ def _check_task_keys(spec: DictConfig) -> None:
                         f"{', '.join('val_' + m for m in valid)}.")
 
 
+def _joined(names: List[str]) -> str:
+    return names[0] if len(names) == 1 else ",".join(names)
+
+
 def task_source_checksums(spec: DictConfig) -> Dict[str, str]:
     """sha256 of the user's files a task run was prepared from (recorded in run.json)."""
-    d = spec.data
-    return {f: _sha256(Path(f)) for f in (d.train_file, d.validation_file, d.test_file) if f and os.path.isfile(f)}
+    return {f: _sha256(Path(f)) for split in SPLIT_FILES for f in split_files(spec, split) if os.path.isfile(f)}
 
 
 def task_summary(prepared: Optional[PreparedTask]) -> List[str]:
@@ -259,6 +295,7 @@ def task_data_key(spec) -> Optional[tuple]:
         return None
     d, t = spec.data, spec.task
     return (t.name, t.overlong, tuple(t.labels or ()), d.source, d.train_file, d.validation_file, d.test_file,
-            d.format, tuple(sorted(as_dict(d.columns).items())), d.split.validation, d.split.seed, d.seed,
+            *(tuple(split_files(spec, split)) for split in SPLIT_FILES),
+            tuple(spec.model.data.train_ds.concat_sampling_probabilities), d.format, tuple(sorted(as_dict(d.columns).items())), d.split.validation, d.split.seed, d.seed,
             d.synthetic.n_train, d.synthetic.n_valid, d.synthetic.n_test, bool(spec.eval),
             int(spec.model.data.train_ds.max_seq_length))

@@ -35,7 +35,7 @@ class Rows:
         return f"{self.path}:{line}" if line is not None else f"{self.path} (row {index + 1})"
 
 
-def file_format(path: str, declared: Optional[str]) -> str:
+def file_format(path: str, declared: Optional[str], key: str = "data.train_file") -> str:
     """data.format for a task's file: jsonl | csv | parquet | conll, or auto (from the extension)."""
     if declared and declared != "auto":
         if declared not in ("jsonl", "csv", "parquet", "conll"):
@@ -44,7 +44,7 @@ def file_format(path: str, declared: Optional[str]) -> str:
         return declared
     ext = Path(path).suffix.lower()
     if ext not in EXTENSIONS:
-        raise UserError(f"{path}: cannot tell the format from '{ext or 'no extension'}'; set data.format="
+        raise UserError(f"{key}={path}: cannot tell the format from '{ext or 'no extension'}'; set data.format="
                         "jsonl|csv|parquet|conll.")
     return EXTENSIONS[ext]
 

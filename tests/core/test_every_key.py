@@ -5,6 +5,7 @@ the short documented list of keys outside the job (hpc_ft.backends.keys)."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from hpc_ft.compose.compose import hydra_compose, normalise_overrides, to_spec
 from hpc_ft.errors import UserError
 from hpc_ft.submit.launch import render_scripts
 from hpc_ft.submit.preflight import preflight
+from hpc_ft.tasks.prepare import prepare_task_data
 
 # Each backend's job as a user composes it; the keys of other PEFT schemes are walked in a second config.
 NEMO = ["eval=true", "backend=nemo", "model=elyza_llama2_7b", "container=nemo_24.03",
@@ -30,6 +32,11 @@ CONFIGS = {
                        "exp_manager.early_stopping_callback_params.mode=max"], "model.data.validation_ds."),
     "nemo-generating": (NEMO + ["peft=lora", "model.data.validation_ds.metric.name=exact_string_match",
                                 "exp_manager.early_stopping_callback_params.mode=max"], "model.data.validation_ds."),
+    # the classification, NER and preference tasks: their data is read and written at submit, so what the
+    # job reads (the prepared splits, labels and sources) counts beside the rendered scripts (NER renders
+    # as classification does; preference walks the LoRA keys on a decoder)
+    "hf-classification": (["eval=true", "task=classification"], ""),
+    "hf-preference": (["eval=true", "task=preference"], ""),
 }
 
 # A different, valid value for keys whose type alone does not give one.
@@ -168,6 +175,9 @@ def rendered(cfg, work_dir):
     run_dir = Path(spec.exp_manager.exp_dir) / spec.exp_manager.name / "RUN"
     scripts = render_scripts(spec, run_dir, "RUN", with_eval=bool(spec.eval))
     texts = {name: s.text.replace(str(run_dir), "<run>") + "\nRUN_DIR=" + str(run_dir) for name, s in scripts.items()}
+    if spec.task.name != "sft":
+        prepared = prepare_task_data(spec)  # writes the synthetic set where the preset points, once
+        texts["data"] = json.dumps([prepared.splits, prepared.labels, prepared.sources, prepared.split], sort_keys=True)
     if spec.backend.name == "nemo":
         texts["convert"] = repr([s.argv for s in backend_module("nemo").convert_steps(spec)])
     return spec, texts

@@ -93,13 +93,22 @@ def test_hand_written_conll_file_trains_and_evaluates(tmp_path):
     env = _env(tmp_path)
     conll = tmp_path / "hand.conll"
     conll.write_text(HAND_CONLL, encoding="utf-8")
+    # NeMo's file_names keys (what the tutorial pastes) name a task's files too; the optimizer, schedule and
+    # epoch keys reach the task's trainer as they reach SFT's
     launch = json.loads(cli(
-        "train", "task=token_classification", "data.source=null", f"data.train_file={conll}",
-        f"data.validation_file={conll}", f"data.test_file={conll}", "data.name=hand", "eval=true",
-        "trainer.max_steps=30", "trainer.val_check_interval=10", "model.micro_batch_size=3",
-        "model.global_batch_size=3", "backend.threads=1", "--json", env=env, cwd=tmp_path).stdout)
+        "train", "task=token_classification", "data.source=null", f"model.data.train_ds.file_names=[{conll}]",
+        f"model.data.validation_ds.file_names=[{conll}]", f"model.data.test_ds.file_names=[{conll}]",
+        "data.name=hand", "eval=true", "trainer.max_steps=30", "trainer.max_epochs=12", "trainer.val_check_interval=6",
+        "model.micro_batch_size=3", "model.global_batch_size=3", "model.optim.name=sgd", "model.optim.lr=0.05",
+        "model.optim.sched.name=constant", "backend.threads=1", "--json", env=env, cwd=tmp_path).stdout)
     st = json.loads(cli("status", launch["run_id"], "--json", "--wait", env=env, cwd=tmp_path).stdout)
     assert st["state"] == "COMPLETED", st.get("log_tail")
+    events = [json.loads(line) for line in (Path(st["run_dir"]) / "events.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["kind"] == "start")
+    assert (start["optim"], start["lr_scheduler"], start["max_steps"]) == ("sgd", "constant", 12)
+    end = next(e for e in events if e["kind"] == "end")
+    assert end["reason"] in ("max_epochs", "early_stop") and end["step"] <= 12
+    assert list((Path(st["run_dir"]) / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     rows = _predictions(st)
     assert [r["tokens"][0] for r in rows] == ["山田", "佐藤", "東京"]
     assert all(len(r["pred"]) == len(r["tokens"]) == len(r["tags"]) for r in rows)

@@ -105,6 +105,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
 
     from hpc_ft.backends.hf_runtime.callbacks import KeepTopK
+    from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
     from transformers.utils import logging as hf_logging
 
     from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
@@ -136,6 +137,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     lora = None if args.peft == "none" else {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                                               "targets": args.lora_targets}
     model = load_task_model(args.model_dir, args.task, labels, args.peft, lora, args.seed)
+    if args.gradient_checkpointing:
+        sft.enable_gradient_checkpointing(model, args.peft)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     collate_batch = collator(args.task, tokenizer)
@@ -145,30 +148,39 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         tokens_counted[0] += sum(len(f["input_ids"]) for f in features)
         return collate_batch(features)
 
-    targs = sft.training_arguments(args, has_cuda, world_size, args.max_steps)
+    max_steps, epoch_limit = sft.step_budget(args, len(train.examples), world_size)
+    targs = sft.training_arguments(args, has_cuda, world_size, max_steps)
     targs.metric_for_best_model = metric_key(args.monitor)
     targs.greater_is_better = args.mode == "max"
     targs.label_names = ["labels"]
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
     if args.save_top_k != -1:  # exp_manager.checkpoint_callback_params.save_top_k, by the task's own metric
         callbacks.append(KeepTopK(args.save_top_k, metric_key(args.monitor), args.mode == "max", is_main))
+    if args.tensorboard_dir and is_main:
+        callbacks.append(sft.tensorboard_callback(args.tensorboard_dir))
     early = None
     if args.patience:
         early = EarlyStoppingCallback(early_stopping_patience=args.patience, early_stopping_threshold=args.min_delta)
         callbacks.insert(0, early)
+    optimizer = build_optimizer(model, args)
     trainer = Trainer(model=model, args=targs, train_dataset=train.examples, eval_dataset=valid.examples,
                       data_collator=collate, processing_class=tokenizer, callbacks=callbacks,
+                      optimizers=(optimizer, build_scheduler(optimizer, args, max_steps)),
                       compute_metrics=compute_metrics_for(args.task, labels))
     trainer.remove_callback(PrinterCallback)
 
-    events.write("start", max_steps=args.max_steps, world_size=world_size, task=args.task, monitor=args.monitor,
+    events.write("start", max_steps=max_steps, max_epochs=args.max_epochs, world_size=world_size, task=args.task,
+                 monitor=args.monitor, optim=args.optim, lr=args.lr, lr_scheduler=args.lr_scheduler,
+                 warmup_steps=args.warmup_steps, min_lr=args.min_lr, weight_decay=args.weight_decay,
+                 betas=list(args.betas), grad_clip=args.grad_clip, gradient_checkpointing=args.gradient_checkpointing,
                  mode=args.mode, resumed_from=str(resume_from) if resume_from else None,
                  micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
                  grad_accum=args.grad_accum, peft=args.peft, trainable_params=trainable, total_params=total,
                  n_train=len(train.examples), n_valid=len(valid.examples), labels=labels, output_dir=str(output_dir))
     log(f"[start] {args.task} ({args.peft}) on {args.model_dir}: {trainable:,} of {total:,} parameters trainable; "
         f"{len(labels)} labels; {len(train.examples)} train / {len(valid.examples)} valid examples; "
-        f"monitor {args.monitor} ({args.mode}); max_steps {args.max_steps}, eval every {args.eval_steps}")
+        f"monitor {args.monitor} ({args.mode}); max_steps {max_steps}{f' ({args.max_epochs} epochs)' if epoch_limit else ''}, "
+        f"eval every {args.eval_steps}")
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -180,6 +192,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         reason = "preempted"
     elif early is not None and early.early_stopping_patience_counter >= args.patience:
         reason = "early_stop"
+    elif epoch_limit is not None:
+        reason = "max_epochs"
     else:
         reason = "max_steps"
     best_dir = None

@@ -203,13 +203,7 @@ def load_model(args, has_cuda: bool):
         load_kwargs["dtype"] = compute
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **load_kwargs)
     if args.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; 4.x has only the old one
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-        if args.peft != "none":
-            model.enable_input_require_grads()  # a frozen embedding gives the checkpointed layers no grad to carry
+        enable_gradient_checkpointing(model, args.peft)
     if args.peft == "none":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -221,6 +215,17 @@ def load_model(args, has_cuda: bool):
         target_modules=lora_targets(model, args.lora_targets), task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def enable_gradient_checkpointing(model, peft: str) -> None:
+    """Recompute activations in the backward pass (NeMo's activations_checkpoint_granularity=full)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; 4.x has only the old one
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if peft != "none":
+        model.enable_input_require_grads()  # a frozen embedding gives the checkpointed layers no grad to carry
 
 
 def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
