@@ -51,8 +51,14 @@ class SplitReport:
             out += [f"  | {line}" for line in first.example(0).marked().split("\n")]
         if self.lengths is not None:
             s = self.lengths
-            out.append(f"  length: p50 {s.p50}, p95 {s.p95}, max {s.max} {s.unit}; max_seq_length {s.limit}: "
-                       f"{s.over} row(s) would be cut")
+            if s.sample:
+                cut = (f"~{s.over} row(s) would be cut (estimated from the sample)" if s.over_estimated else
+                       f"{s.over} row(s) would be cut (every row that could be over it counted)")
+                out.append(f"  length: p50 ~{s.p50}, p95 ~{s.p95}, max ~{s.max} {s.unit} (a sample of {s.sample:,} "
+                           f"of {s.rows:,} rows); max_seq_length {s.limit}: {cut}")
+            else:
+                out.append(f"  length: p50 {s.p50}, p95 {s.p95}, max {s.max} {s.unit}; max_seq_length {s.limit}: "
+                           f"{s.over} row(s) would be cut")
         return out
 
 
@@ -168,17 +174,80 @@ def check_job_data(spec, *, dry_run: bool, notes: List[str], with_test: Optional
     return DataReport(options, reports)
 
 
+#: above this many kept rows, the length percentiles come from a seeded sample of this size; the rows over
+#: max_seq_length are still counted exactly (every row that could be over it is tokenized)
+SAMPLE_ROWS = 10_000
+
+
 def _lengths(files: List[LoadedFile], counter, limit: int) -> LengthSummary:
     """Tokens per kept row: a field template's pieces are counted one by one, as NeMo tokenizes them (each
-    distinct value once); a chat template's text whole. Plus BOS and EOS for a field template."""
-    lengths: List[int] = []
+    distinct value once); a chat template's text whole. Plus BOS and EOS for a field template.
+
+    Past SAMPLE_ROWS rows (with a real tokenizer) a seeded sample is tokenized for p50/p95/max. The rows over
+    the limit are counted exactly when few rows could be over it by their UTF-8 size (byte-level BPE,
+    SentencePiece with byte fallback and WordPiece make at most one token per byte of a piece, plus one);
+    when most could, the count is estimated from the sample, and the summary says so."""
+    n_rows = sum(len(f.labels) for f in files)
+    if not counter.exact or n_rows <= SAMPLE_ROWS:
+        return summarize([n for f in files for n in _row_lengths(f, counter, None)], limit, counter.unit)
+    import random
+
+    rng = random.Random(0)
+    sample: List[int] = []
+    over = 0
+    longest = 0
+    estimated = False
     for f in files:
-        if isinstance(f.template, FieldTemplate) and f.values:
-            lengths += _field_lengths(f, counter)
+        n = len(f.labels)
+        share = min(n, max(1, round(SAMPLE_ROWS * n / n_rows)))
+        picked = sorted(rng.sample(range(n), share))
+        candidates = [i for i, bound in enumerate(_row_bounds(f)) if bound > limit]
+        if len(candidates) > 2 * share:  # most rows could be over it (e.g. 3-byte characters): estimate instead
+            counts = _row_lengths(f, counter, picked)
+            over += round(sum(1 for c in counts if c > limit) * n / share)
+            estimated = True
         else:
-            extra = 0 if f.specials_in_text else 2
-            lengths += [n + extra for n in counter.count([p + a for p, a in zip(f.prompts, f.answers)])]
-    return summarize(lengths, limit, counter.unit)
+            wanted = sorted(set(picked) | set(candidates))
+            counted = dict(zip(wanted, _row_lengths(f, counter, wanted)))
+            counts = [counted[i] for i in picked]
+            over += sum(1 for i in candidates if counted[i] > limit)
+        sample += counts
+        longest = max([longest] + counts)
+    summary = summarize(sample, limit, counter.unit)
+    return LengthSummary(summary.p50, summary.p95, longest, over, limit, counter.unit, sample=len(sample),
+                         rows=n_rows, over_estimated=estimated)
+
+
+def _row_texts(f: LoadedFile) -> List[str]:
+    return [p + a for p, a in zip(f.prompts, f.answers)]
+
+
+def _row_lengths(f: LoadedFile, counter, rows: Optional[List[int]]) -> List[int]:
+    """Token counts of the file's kept rows (all of them, or the listed indices in that order)."""
+    if isinstance(f.template, FieldTemplate) and f.values:
+        return _field_lengths(f, counter, rows)
+    extra = 0 if f.specials_in_text else 2
+    texts = _row_texts(f)
+    return [n + extra for n in counter.count(texts if rows is None else [texts[i] for i in rows])]
+
+
+def _row_bounds(f: LoadedFile) -> List[int]:
+    """At most how many tokens each kept row can have: one per UTF-8 byte of each piece, plus one per piece
+    (a SentencePiece word boundary) and BOS/EOS."""
+    if isinstance(f.template, FieldTemplate) and f.values:
+        n = len(f.labels)
+        template = f.template
+        short = template.uses_short_form(f.values.get("input", [""] * n))
+        fixed = {}
+        for form in set(short):
+            literals, names = template.pieces(form)
+            fixed[form] = (sum(len(x.encode("utf-8")) + 1 for x in literals) + 2, set(names))
+        totals = [fixed[form][0] for form in short]
+        for name, column in f.values.items():
+            sizes = [len(str(v).encode("utf-8")) + 1 for v in column]
+            totals = [t + (size if name in fixed[form][1] else 0) for t, size, form in zip(totals, sizes, short)]
+        return totals
+    return [len(t.encode("utf-8")) + 2 for t in _row_texts(f)]
 
 
 def _distinct_counts(counter, texts: List[str]) -> List[int]:
@@ -187,15 +256,17 @@ def _distinct_counts(counter, texts: List[str]) -> List[int]:
     return [sizes[t] for t in texts]
 
 
-def _field_lengths(f: LoadedFile, counter) -> List[int]:
-    template, n = f.template, len(f.labels)
-    short = template.uses_short_form(f.values.get("input", [""] * n))
+def _field_lengths(f: LoadedFile, counter, rows: Optional[List[int]] = None) -> List[int]:
+    template = f.template
+    short_all = template.uses_short_form(f.values.get("input", [""] * len(f.labels)))
+    short = short_all if rows is None else [short_all[i] for i in rows]
     fixed = {}
     for form in set(short):
         literals, _ = template.pieces(form)
         fixed[form] = sum(counter.count(literals)) + 2     # + BOS and EOS
     totals = [fixed[form] for form in short]
     for name, column in f.values.items():
+        column = column if rows is None else [column[i] for i in rows]
         counts = _distinct_counts(counter, column)
         in_form = {form: name in template.pieces(form)[1] for form in fixed}
         totals = [t + (c if in_form[form] else 0) for t, c, form in zip(totals, counts, short)]

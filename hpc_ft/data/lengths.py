@@ -44,6 +44,9 @@ class LengthSummary:
     over: int       # rows longer than the limit: they would be cut
     limit: int
     unit: str
+    sample: int = 0  # > 0: p50/p95 (and max when none is over the limit) from a sample of this many rows
+    rows: int = 0    # the rows summarised (with a sample)
+    over_estimated: bool = False  # `over` scaled up from the sample (most rows could have been over the limit)
 
 
 def summarize(lengths: Sequence[int], limit: int, unit: str) -> LengthSummary:

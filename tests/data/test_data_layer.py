@@ -233,3 +233,54 @@ def test_rows_are_read_in_file_order_with_line_numbers_past_blank_lines(tmp_path
     path.write_text('{"input": "a", "output": "1"}\n\n\n{"input": "b", "output": "2"}\n', encoding="utf-8")
     data = read_data_file(path)
     assert data.where(1) == f"{path}:4"
+
+
+# ---- length summary at submit: a sample for the percentiles, every row that could be cut counted ----------
+def _byte_bpe(model_dir: Path, texts) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    return model_dir
+
+
+def test_a_sampled_length_summary_still_counts_every_row_over_the_limit_exactly(tmp_path, monkeypatch):
+    from hpc_ft.data import checks
+    from hpc_ft.data.lengths import token_counter
+
+    rows = [{"instruction": "説明に合う言葉", "input": f"空を飛ぶ乗り物 {i}" + (" ".join(str(j * 7919 % 10007) for j in range(120)) if i % 97 == 0 else ""),
+             "output": "飛行機"} for i in range(3000)]
+    path = jsonl(tmp_path / "train.jsonl", rows)
+    counter = token_counter(str(_byte_bpe(tmp_path / "model", [json.dumps(r, ensure_ascii=False) for r in rows[:300]])))
+    loaded = load_file(path, DataOptions(prompt_template=ALPACA_JA, prompt_template_no_input=ALPACA_JA_NO_INPUT))
+    exact = checks._lengths([loaded], counter, 200)
+    monkeypatch.setattr(checks, "SAMPLE_ROWS", 500)
+    sampled = checks._lengths([loaded], counter, 200)
+    assert exact.sample == 0 and sampled.sample == 500 and sampled.rows == 3000
+    assert exact.over == 31 and sampled.over == exact.over and not sampled.over_estimated
+    assert sampled.max <= exact.max
+    assert abs(sampled.p50 - exact.p50) <= 2 and abs(sampled.p95 - exact.p95) <= 0.1 * exact.p95
+    # the bound the sampled path relies on: no row has more tokens than its bound
+    bounds = checks._row_bounds(loaded)
+    assert all(n <= b for n, b in zip(checks._row_lengths(loaded, counter, None), bounds))
+
+
+def test_when_most_rows_could_be_over_the_limit_the_count_is_estimated_and_said_so(tmp_path, monkeypatch):
+    from hpc_ft.data import checks
+    from hpc_ft.data.lengths import token_counter
+
+    rows = [{"instruction": "説明に合う言葉", "input": f"空を飛ぶ乗り物 {i}" + ("、説明" * (i % 7)), "output": "飛行機"}
+            for i in range(3000)]
+    path = jsonl(tmp_path / "train.jsonl", rows)
+    counter = token_counter(str(_byte_bpe(tmp_path / "model", [json.dumps(r, ensure_ascii=False) for r in rows[:300]])))
+    loaded = load_file(path, DataOptions(prompt_template=ALPACA_JA, prompt_template_no_input=ALPACA_JA_NO_INPUT))
+    limit = sorted(checks._row_lengths(loaded, counter, None))[2000]  # about a third of the rows are over it
+    exact = checks._lengths([loaded], counter, limit)
+    monkeypatch.setattr(checks, "SAMPLE_ROWS", 500)
+    sampled = checks._lengths([loaded], counter, limit)
+    assert sampled.over_estimated and abs(sampled.over - exact.over) <= 0.15 * exact.over
