@@ -79,7 +79,12 @@ def eval_spec_for_run(run_dir: Path, overrides):
 
 
 def _check_adapter_named(spec) -> None:
-    """An eval job without --run has no training run of its own: NeMo needs the adapter named."""
+    """An eval job without --run has no training run of its own: NeMo needs the adapter named, and a task's
+    head, labels and prepared test split live in its training run."""
+    if spec.task.name != "sft":
+        raise UserError(
+            f"task={spec.task.name}: an eval without --run has no trained head or label list to score with; "
+            "evaluate the training run with `hpc-ft eval --run RUN` (or train with eval=true).")
     if spec.backend.name == "nemo" and spec.model.peft.peft_scheme not in (None, "none") \
             and not spec.model.peft.restore_from_path:
         raise UserError(

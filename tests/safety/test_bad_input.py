@@ -346,6 +346,8 @@ CASES += [
         d, "preference", _PREF_OK + _jl({"prompt": "p", "response_a": "", "response_b": "y", "label": "b"}), _PREF_OK),
         ("train.jsonl:2", "response_a is empty")),
     Case("task-on-nemo-backend", ["task=classification", "backend=nemo", "cluster=nig"], ("task=classification", "backend=hf")),
+    Case("task-eval-without-a-run", lambda d: ["task=classification", f"work_dir={_q(d / 'work')}"],
+         ("task=classification", "--run RUN"), command=("eval",)),
 ]
 
 
