@@ -466,13 +466,23 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
 
 
 def close_process_group() -> None:
-    """Tear down torch.distributed before exit: a gloo group left to the interpreter's shutdown can abort a rank
-    ("terminate called without an active exception"), which torchrun reports as a failed job."""
+    """End a multi-rank run: wait for every rank, then leave the process at once (exit code 0).
+
+    Neither tearing the gloo group down nor leaving it to the interpreter's shutdown is safe: freeing the
+    last reference to ProcessGroupGloo (from DDP's Reducer, when the trainer goes) joins its worker threads
+    while holding the GIL, and a worker that is still freeing the barrier's tensors waits for the GIL: a
+    deadlock seen as a rank that never exits (py-spy: ~ProcessGroupGloo -> std::thread::join). Everything
+    the run writes is written and closed by now; only the output streams need a flush."""
+    import logging
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def run_main(prog: str, parser: argparse.ArgumentParser, run_args, argv: list[str] | None) -> int:
