@@ -468,7 +468,11 @@ class SlurmExecutor(Executor):
         from hpc_ft.executors.base import FINAL_STATES
 
         states = job_states(jobs.values())
-        live = {k: j for k, j in jobs.items() if states.get(j, {}).get("State", "UNKNOWN") not in FINAL_STATES}
+        # squeue is slurmctld's own view: a job that sacct still shows as NODE_FAIL may already be requeued
+        # (PENDING again), and sacct lags behind; anything squeue lists is alive and gets cancelled
+        queued = squeue(jobs.values())
+        live = {k: j for k, j in jobs.items()
+                if j in queued or states.get(j, {}).get("State", "UNKNOWN") not in FINAL_STATES}
         scancel(live.values())
         return [f"{k} {j}" for k, j in live.items()]
 
