@@ -31,7 +31,7 @@ slurm-stop:
 	scripts/local-slurm.sh stop
 
 test: setup slurm-start
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=30
 
 # everything but the real-Slurm tests
 test-fast: setup

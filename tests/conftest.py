@@ -24,3 +24,17 @@ def work_dir(tmp_path):
     d = tmp_path / "work"
     d.mkdir()
     return d
+
+
+# Tests that submit to (or stop a node of) the one local Slurm run on one xdist worker, one after the other:
+# a node-loss test kills slurmd and skips when other jobs share the node, and the time-limit tests want
+# the node to themselves. Everything else is spread over the workers (`make test` runs two).
+SLURM_FIXTURES = {"slurm", "slurm2", "local_slurm", "tiny_work"}
+SLURM_MODULES = {"test_cli_cluster.py", "test_cli_container.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slurm") or SLURM_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or item.path.name in SLURM_MODULES:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
