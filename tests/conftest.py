@@ -33,8 +33,8 @@ SLURM_FIXTURES = {"slurm", "slurm2", "local_slurm", "tiny_work"}
 SLURM_MODULES = {"test_cli_cluster.py", "test_cli_container.py"}
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("slurm") or SLURM_FIXTURES & set(getattr(item, "fixturenames", ())) \
-                or item.path.name in SLURM_MODULES:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+def pytest_itemcollected(item):
+    """Mark as each test is collected: xdist reads the groups in its own collection_modifyitems."""
+    if item.get_closest_marker("slurm") or SLURM_FIXTURES & set(getattr(item, "fixturenames", ())) \
+            or item.path.name in SLURM_MODULES:
+        item.add_marker(pytest.mark.xdist_group("slurm"))
