@@ -3,7 +3,10 @@
 Both are measured in this run, interleaved, as whole processes (what a user waits for). Prints the
 medians and the ratios; the target is ratio <= 1.5. hpc-ft memoises Hydra's composition on disk
 (keyed on the overrides and every config file's size and mtime): "warm" is a repeated command, "cold"
-a first one with an empty cache (a fresh XDG_CACHE_HOME each time). Both are printed.
+a first one with an empty cache (a fresh XDG_CACHE_HOME each time). Both are printed. A cold command whose
+overrides only set values is composed on the default composition that hpc-ft keeps beside the package
+(hpc_ft/compose/__pycache__, like bytecode; written by the first composition ever, here the warm-up), so
+"cold" skips Hydra's defaults tree but never Hydra's reading of anything that is not a plain value.
 """
 
 from __future__ import annotations

@@ -117,9 +117,12 @@ def main() -> int:
     model_dir = build_tiny_model(work / "data", work / "model", spec, log=lambda _: None)
     from transformers import AutoTokenizer
 
-    from hpc_ft.backends.hf_runtime.sft_data import encode_split, read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import encode_split, load_rendered
+    from hpc_ft.data.spec import DataOptions
 
-    encoded = encode_split(AutoTokenizer.from_pretrained(model_dir), read_instruction_rows(data.train, "train"), 128)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rendered = [r for part in load_rendered([str(data.train)], DataOptions(), tokenizer, "train") for r in part]
+    encoded = encode_split(tokenizer, rendered, 128)
     per_step_tokens = statistics.mean(len(e["input_ids"]) for e in encoded.examples) * args.micro_batch_size
     results: dict[str, list[float]] = {"ours": [], "plain": []}
     runners = {"ours": run_ours, "plain": run_plain}

@@ -39,6 +39,11 @@ sys.path.insert(0, str(REPO))
 
 TOPICS = ["river", "forest", "market", "engine", "garden", "harbor", "castle", "desert"]
 LR = "5e-3"
+# what the plain script trains on (BOS + input, then output + EOS, no space between): hpc-ft's runs render
+# the rows with the same template so that all three see the same tokens
+TEMPLATE = "{input}{output}"
+
+from hpc_ft.data.spec import DataOptions  # noqa: E402 - torch-free
 
 
 def parse_args() -> argparse.Namespace:
@@ -157,7 +162,7 @@ def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args,
             "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs), "--lr", LR, "--lora-r", "8",
             "--lora-alpha", "16", "--lora-dropout", "0.0", "--lora-targets", "q_proj,v_proj",
             "--max-seq-length", str(args.max_seq_length), "--seed", "0", "--resume", "never", "--log-every", "1",
-            "--threads", str(args.threads), *extra]
+            "--threads", str(args.threads), "--data-options", DataOptions(prompt_template=TEMPLATE).to_json(), *extra]
     started = time.time()
     with open(out.with_name(out.name + "-" + Path(events_name).stem).with_suffix(".log"), "w") as log:
         subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -222,7 +227,7 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from hpc_ft.backends.hf_runtime.batching import pack_rows
-    from hpc_ft.backends.hf_runtime.sft_data import encode_split, read_instruction_rows
+    from hpc_ft.backends.hf_runtime.sft_data import encode_split, load_rendered
     from hpc_ft.backends.hf_runtime.tiny_model import TinyModelSpec, build_tiny_model
 
     hf_logging.set_verbosity_error()
@@ -240,7 +245,9 @@ def main() -> int:
     model_dir = build_tiny_model(work / "data", work / "model", spec, log=lambda _: None)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    encoded = encode_split(tokenizer, read_instruction_rows(data["train"], "train"), args.max_seq_length)
+    rendered = [r for part in load_rendered([str(data["train"])], DataOptions(prompt_template=TEMPLATE), tokenizer,
+                                            "train") for r in part]
+    encoded = encode_split(tokenizer, rendered, args.max_seq_length)
     lengths = [len(e["input_ids"]) for e in encoded.examples]
     packs = pack_rows(lengths, args.max_seq_length, seed=0)
     rows_per_pack = len(lengths) / len(packs)

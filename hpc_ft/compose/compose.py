@@ -252,6 +252,18 @@ def hydra_compose(overrides: List[str]) -> DictConfig:
     cached = _cache_get(key)
     if cached is not None:
         return cached
+    fast = _compose_on_base(overrides, roots)
+    if fast is not None:
+        _cache_put(key, fast)
+        return fast
+    cfg = _hydra_compose_uncached(overrides, roots, udir)
+    _cache_put(key, cfg)
+    if not overrides:
+        _base_put(key, cfg)
+    return cfg
+
+
+def _hydra_compose_uncached(overrides: List[str], roots, udir) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -265,8 +277,96 @@ def hydra_compose(overrides: List[str]) -> DictConfig:
             cfg = compose(config_name="config", overrides=overrides)
     except (HydraException, _OCE, ValueError) as exc:
         raise _explain_hydra_error(exc, overrides) from None
-    _cache_put(key, cfg)
     return cfg
+
+
+# ---- value overrides on the cached default composition ----------------------------------------------
+# A command whose overrides only set values (`work_dir=/x trainer.max_steps=10`, no group, no +/~) composes
+# as Hydra does, by applying them to the composition without overrides (Hydra applies value overrides after
+# the defaults tree), which is kept beside the package like bytecode: its key is the config files' stamps.
+# Only values whose Hydra reading is certain are taken this way (null, true/false, plain ints and floats,
+# strings of path characters that do not start like a number); anything else goes to Hydra itself, and so
+# does any override that does not apply cleanly (Hydra then gives its own error).
+_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?[0-9]+[eE][+-]?[0-9]+")
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
+_NOT_PLAIN = {"inf", "nan", "true", "false", "null"}
+
+
+def plain_value_override(override: str) -> Optional[tuple]:
+    """(key, value) of `a.b=value` when Hydra would certainly read it so, else None."""
+    key, eq, text = override.partition("=")
+    if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        return None
+    if "." not in key and key in GROUPS:
+        return None
+    lower = text.lower()
+    if lower == "null":
+        return key, None
+    if lower in ("true", "false"):
+        return key, lower == "true"
+    if _INT.fullmatch(text):
+        return key, int(text)
+    if _FLOAT.fullmatch(text):
+        return key, float(text)
+    if _PLAIN.fullmatch(text) and lower not in _NOT_PLAIN:
+        return key, text
+    return None
+
+
+def _compose_on_base(overrides: List[str], roots) -> Optional[DictConfig]:
+    plain = [plain_value_override(o) for o in overrides]
+    if not overrides or any(p is None for p in plain):
+        return None
+    base_key = _cache_key([], roots)
+    base = _base_get(base_key)
+    if base is None:
+        base = _cache_get(base_key)
+        if base is None:
+            return None  # the first composition ever: Hydra composes it (and the base is kept then)
+        _base_put(base_key, base)
+    OmegaConf.set_struct(base, True)
+    missing = object()
+    try:
+        for key, value in plain:
+            if OmegaConf.select(base, key, default=missing, throw_on_missing=False) is missing:
+                return None
+            OmegaConf.update(base, key, value, merge=True)
+    except Exception:  # noqa: BLE001 - Hydra itself then composes, and explains what is wrong
+        return None
+    OmegaConf.set_struct(base, False)
+    return base
+
+
+def _base_places() -> List[Path]:
+    return [Path(__file__).parent / "__pycache__", _cache_dir()]
+
+
+def _base_get(key: str) -> Optional[DictConfig]:
+    import json
+
+    for place in _base_places():
+        try:
+            return OmegaConf.create(json.loads((place / f"base.{key}.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _base_put(key: str, cfg: DictConfig) -> None:
+    import json
+
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra", None)
+    for place in _base_places():
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            tmp = place / f".base.{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, place / f"base.{key}.json")
+            return
+        except OSError:
+            continue
 
 
 def _cache_dir() -> Path:
