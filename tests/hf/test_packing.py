@@ -223,3 +223,32 @@ def test_length_grouping_cuts_the_padding_of_the_trainers_micro_batches(tmp_path
     useful = sum(len(r["input_ids"]) for r in rows)
     grouped, plain = padded_tokens(options["on"], rows, tmp_path), padded_tokens(options["off"], rows, tmp_path)
     assert grouped < 0.8 * plain and grouped < 1.15 * useful
+
+
+def test_per_row_attention_of_packs_gives_each_row_its_unpacked_loss_and_gradients(monkeypatch):
+    """The CPU path for packs (one causal sdpa per packed row): the same losses as the unpacked rows, and the
+    same loss and gradients as sdpa under transformers' block-diagonal mask."""
+    from hpc_ft.backends.hf_runtime import packed_attention
+
+    name = packed_attention.register()
+    seen = []
+    spans = packed_attention.row_spans
+    monkeypatch.setattr(packed_attention, "row_spans", lambda ids: seen.append(spans(ids)) or seen[-1])
+    reference, ours = tiny_llama("sdpa"), tiny_llama(name)
+    rows = random_rows(12, seed=1)
+    unpacked = unpacked_row_losses(reference, rows)
+    packed, _ = packed_row_losses(ours, rows, capacity=128)
+    for index, loss in packed.items():
+        assert abs(loss - unpacked[index]) < 1e-4, (index, loss, unpacked[index])
+    assert seen and max(len(s) for s in seen[0]) > 1, "the packs went through the per-row path"
+    batch = batching.PackedCollator(0)(batching.pack_examples(rows, 128, seed=3))
+    grads = []
+    for model in (reference, ours):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        grads.append((float(loss.detach()), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert abs(grads[0][0] - grads[1][0]) < 1e-5
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    # unpacked batches (validation) go through sdpa with their padding mask unchanged
+    assert abs(unpacked_row_losses(ours, rows)[0] - unpacked[0]) < 1e-6

@@ -4,8 +4,8 @@ Packing (`--packed-sequence`, NeMo's `model.data.train_ds.packed_sequence`): row
 taken in a seeded random order, into sequences of at most `--max-seq-length` tokens; a micro-batch is
 `--micro-batch-size` such sequences. Each row keeps its own position ids (0, 1, ...) and the model gets
 no attention mask: transformers then builds a block-diagonal causal mask from the position ids (sdpa and
-eager) or runs the varlen kernel (flash_attention_2, one flattened row per micro-batch), so no token
-attends to another row. The first token of every row carries no label: in the unpacked batch nothing
+eager) or runs the varlen kernel (flash_attention_2, one flattened row per micro-batch); on CPU the job
+uses hf_runtime.packed_attention (one causal sdpa call per packed row). No token attends to another row. The first token of every row carries no label: in the unpacked batch nothing
 predicts it either, so each row's loss is the unpacked row's loss.
 
 Length grouping (`--group-by-length`, on by default for the unpacked path): transformers'

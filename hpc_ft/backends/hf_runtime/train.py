@@ -201,6 +201,12 @@ def load_model(args, has_cuda: bool):
             bnb_4bit_compute_dtype=compute,
         )
         load_kwargs["dtype"] = compute
+    if args.packed_sequence and not has_cuda:
+        # packs on CPU: one causal sdpa per packed row (hf_runtime.packed_attention) rather than the whole
+        # sequence under a block-diagonal mask
+        from hpc_ft.backends.hf_runtime.packed_attention import register
+
+        load_kwargs["attn_implementation"] = register()
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **load_kwargs)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model, args.peft)
