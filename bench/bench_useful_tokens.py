@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=400, help="training rows")
     p.add_argument("--valid-rows", type=int, default=80)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1, help="training seeds; each runs all three, figures are means")
     p.add_argument("--max-seq-length", type=int, default=512, help="pack size (and the longest row)")
     p.add_argument("--median-words", type=float, default=22.0, help="median prompt length in words")
     p.add_argument("--sigma", type=float, default=1.1, help="log-normal sigma of prompt lengths")
@@ -154,14 +155,14 @@ def plain_trainer(spec: dict) -> dict:
 
 # ---- hpc-ft's train path (run as a child process) --------------------------------------------
 def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args, extra: list[str],
-             events_name: str = "events.jsonl") -> dict:
+             events_name: str = "events.jsonl", seed: int = 0) -> dict:
     events = out / events_name
     argv = [sys.executable, "-m", "hpc_ft.backends.hf_runtime.train", "--model-dir", str(model_dir),
             "--train-file", str(data["train"]), "--valid-file", str(data["valid"]), "--output-dir", str(out),
             "--events", str(events), "--max-steps", str(steps), "--eval-steps", str(steps), "--patience", "0",
             "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs), "--lr", LR, "--lora-r", "8",
             "--lora-alpha", "16", "--lora-dropout", "0.0", "--lora-targets", "q_proj,v_proj",
-            "--max-seq-length", str(args.max_seq_length), "--seed", "0", "--resume", "never", "--log-every", "1",
+            "--max-seq-length", str(args.max_seq_length), "--seed", str(seed), "--resume", "never", "--log-every", "1",
             "--threads", str(args.threads), "--data-options", DataOptions(prompt_template=TEMPLATE).to_json(), *extra]
     started = time.time()
     with open(out.with_name(out.name + "-" + Path(events_name).stem).with_suffix(".log"), "w") as log:
@@ -177,9 +178,9 @@ def run_ours(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args,
             "steps": end["step"], "adapter": end["best_dir"]}
 
 
-def run_plain(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args) -> dict:
+def run_plain(model_dir: Path, data: dict, out: Path, steps: int, mbs: int, args, seed: int = 0) -> dict:
     spec = {"model_dir": str(model_dir), "train_file": str(data["train"]), "out": str(out), "steps": steps,
-            "mbs": mbs, "seed": 0, "threads": args.threads}
+            "mbs": mbs, "seed": seed, "threads": args.threads}
     result = out.with_suffix(".json")
     started = time.time()
     spec["started"] = started
@@ -263,14 +264,30 @@ def main() -> int:
           f"{sum(lengths) / (len(packs) * args.max_seq_length):.1%} filled -> padded runs use micro-batch {mbs} "
           f"({padded_steps} steps), packed {packed_steps} steps of 1 sequence")
 
+    # each training seed runs all three (same data, model, steps); figures are means over the seeds, so that a
+    # val-loss difference is read against the seeds' own spread, not one batch order's luck
+    runs: dict = {"plain": [], "grouped": [], "packed": []}
+    for seed in range(args.seeds):
+        tag = f"-s{seed}" if seed else ""
+        runs["plain"].append(run_plain(model_dir, data, work / f"plain{tag}", padded_steps, mbs, args, seed))
+        runs["grouped"].append(run_ours(model_dir, data, work / f"grouped{tag}", padded_steps, mbs, args, [], seed=seed))
+        runs["packed"].append(run_ours(model_dir, data, work / f"packed{tag}", packed_steps, 1, args,
+                                       ["--packed-sequence"], seed=seed))
+    for name, per_seed in runs.items():
+        for r in per_seed:
+            r["tokens_per_s"] = r["window_tokens"] / r["window_s"]
+            r["tokens_per_cpu_s"] = r["window_tokens"] / r["window_cpu_s"]
+            r["val_loss"] = validation_loss(model_dir, r["adapter"], valid_rows, args.max_seq_length)
     results = {}
-    results["plain"] = run_plain(model_dir, data, work / "plain", padded_steps, mbs, args)
-    results["grouped"] = run_ours(model_dir, data, work / "grouped", padded_steps, mbs, args, [])
-    results["packed"] = run_ours(model_dir, data, work / "packed", packed_steps, 1, args, ["--packed-sequence"])
-    for name, r in results.items():
-        r["tokens_per_s"] = r["window_tokens"] / r["window_s"]
-        r["tokens_per_cpu_s"] = r["window_tokens"] / r["window_cpu_s"]
-        r["val_loss"] = validation_loss(model_dir, r["adapter"], valid_rows, args.max_seq_length)
+    for name, per_seed in runs.items():
+        r = dict(per_seed[0])
+        for key in ("tokens_per_s", "tokens_per_cpu_s", "val_loss", "first_step_s", "tokenize_s", "model_load_s"):
+            r[key] = statistics.mean(x[key] for x in per_seed)
+        r["val_losses"] = [x["val_loss"] for x in per_seed]
+        results[name] = r
+    if args.seeds > 1:
+        for name, r in results.items():
+            print(f"{name:8s} val loss per seed: " + ", ".join(f"{v:.4f}" for v in r["val_losses"]))
     # a requeued job starts again in its own folder: the tokenized data comes from the cache
     restart = run_ours(model_dir, data, work / "packed", 2, 1, args, ["--packed-sequence"], "restart.jsonl")
 
