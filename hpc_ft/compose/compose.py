@@ -343,30 +343,17 @@ def _base_places() -> List[Path]:
 
 
 def _base_get(key: str) -> Optional[DictConfig]:
-    import json
-
     for place in _base_places():
-        try:
-            return OmegaConf.create(json.loads((place / f"base.{key}.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
+        cfg = _read_cfg(place / f"base.{key}.json")
+        if cfg is not None:
+            return cfg
     return None
 
 
 def _base_put(key: str, cfg: DictConfig) -> None:
-    import json
-
-    data = OmegaConf.to_container(cfg, resolve=False)
-    data.pop("hydra", None)
     for place in _base_places():
-        try:
-            place.mkdir(parents=True, exist_ok=True)
-            tmp = place / f".base.{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, place / f"base.{key}.json")
+        if _write_cfg(place, f"base.{key}.json", cfg):
             return
-        except OSError:
-            continue
 
 
 def _cache_dir() -> Path:
@@ -398,33 +385,46 @@ def _cache_key(overrides: Sequence[str], roots: Sequence[Path]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _cache_get(key: str) -> Optional[DictConfig]:
+def _read_cfg(path: Path) -> Optional[DictConfig]:
+    """A composition kept as JSON, or None when it is not there (or unreadable)."""
     import json
 
-    path = _cache_dir() / f"{key}.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return OmegaConf.create(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
-    return OmegaConf.create(data)
 
 
-def _cache_put(key: str, cfg: DictConfig) -> None:
+def _write_cfg(folder: Path, name: str, cfg: DictConfig) -> bool:
+    """Keep a composition (without Hydra's own node) as folder/name, atomically; False when it cannot be written."""
     import json
 
     data = OmegaConf.to_container(cfg, resolve=False)
     data.pop("hydra", None)
-    d = _cache_dir()
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{key}.{os.getpid()}.tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, d / f"{key}.json")
+        os.replace(tmp, folder / name)
+        return True
+    except OSError:
+        return False
+
+
+def _cache_get(key: str) -> Optional[DictConfig]:
+    return _read_cfg(_cache_dir() / f"{key}.json")
+
+
+def _cache_put(key: str, cfg: DictConfig) -> None:
+    d = _cache_dir()
+    if not _write_cfg(d, f"{key}.json", cfg):
+        return  # a read-only home: compose every time
+    try:
         entries = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for old in entries[:-512]:
             old.unlink(missing_ok=True)
     except OSError:
-        pass  # a read-only home: compose every time
+        pass
 
 
 def to_spec(cfg: DictConfig, work_dir: Optional[str]) -> DictConfig:

@@ -235,18 +235,7 @@ def _row_bounds(f: LoadedFile) -> List[int]:
     """At most how many tokens each kept row can have: one per UTF-8 byte of each piece, plus one per piece
     (a SentencePiece word boundary) and BOS/EOS."""
     if isinstance(f.template, FieldTemplate) and f.values:
-        n = len(f.labels)
-        template = f.template
-        short = template.uses_short_form(f.values.get("input", [""] * n))
-        fixed = {}
-        for form in set(short):
-            literals, names = template.pieces(form)
-            fixed[form] = (sum(len(x.encode("utf-8")) + 1 for x in literals) + 2, set(names))
-        totals = [fixed[form][0] for form in short]
-        for name, column in f.values.items():
-            sizes = [len(str(v).encode("utf-8")) + 1 for v in column]
-            totals = [t + (size if name in fixed[form][1] else 0) for t, size, form in zip(totals, sizes, short)]
-        return totals
+        return _field_totals(f, None, lambda texts: [len(str(t).encode("utf-8")) + 1 for t in texts])
     return [len(t.encode("utf-8")) + 2 for t in _row_texts(f)]
 
 
@@ -257,19 +246,22 @@ def _distinct_counts(counter, texts: List[str]) -> List[int]:
 
 
 def _field_lengths(f: LoadedFile, counter, rows: Optional[List[int]] = None) -> List[int]:
+    return _field_totals(f, rows, lambda texts: _distinct_counts(counter, texts))
+
+
+def _field_totals(f: LoadedFile, rows: Optional[List[int]], measure) -> List[int]:
+    """Per kept row (all, or the listed indices), the sum of `measure` over the template's literal pieces and
+    the values of the fields its form uses, plus 2 (BOS and EOS). `measure(texts)` gives one figure per text."""
     template = f.template
     short_all = template.uses_short_form(f.values.get("input", [""] * len(f.labels)))
     short = short_all if rows is None else [short_all[i] for i in rows]
-    fixed = {}
-    for form in set(short):
-        literals, _ = template.pieces(form)
-        fixed[form] = sum(counter.count(literals)) + 2     # + BOS and EOS
+    pieces = {form: template.pieces(form) for form in set(short)}
+    fixed = {form: sum(measure(literals)) + 2 for form, (literals, _) in pieces.items()}
     totals = [fixed[form] for form in short]
     for name, column in f.values.items():
         column = column if rows is None else [column[i] for i in rows]
-        counts = _distinct_counts(counter, column)
-        in_form = {form: name in template.pieces(form)[1] for form in fixed}
-        totals = [t + (c if in_form[form] else 0) for t, c, form in zip(totals, counts, short)]
+        sizes = measure(column)
+        totals = [t + (size if name in pieces[form][1] else 0) for t, size, form in zip(totals, sizes, short)]
     return totals
 
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
+from hpc_ft.data.spec import SPLIT_KEYS
 from hpc_ft.errors import UserError
 from hpc_ft.tasks import PREFERENCE_LABELS, task_def
 from hpc_ft.tasks import checks
@@ -65,10 +66,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-TASK_SPLIT_KEYS = {"train": "model.data.train_ds.file_names", "validation": "model.data.validation_ds.file_names",
-                   "test": "model.data.test_ds.file_names"}
-
-
 def split_files(spec: DictConfig, split: str) -> List[str]:
     """The files of a split: NeMo's file_names, the one source of truth on every backend and task (the data
     preset's data.*_file fill them; a null entry, e.g. data.validation_file=null, names no file)."""
@@ -95,7 +92,7 @@ def _ensure_synthetic(spec: DictConfig, dry_run: bool, notes: List[str]) -> bool
 def _read_files(spec: DictConfig, split: str, max_tokens: int, notes: List[str]) -> List[tuple]:
     """(Rows, checked rows) of each file of a split, in file_names order."""
     preset = spec.data[f"{split}_file"]  # name the key the user set: the preset's file, or file_names itself
-    return [_read_split(spec, f"data.{split}_file" if path == preset else TASK_SPLIT_KEYS[split], path, max_tokens, notes)
+    return [_read_split(spec, f"data.{split}_file" if path == preset else SPLIT_KEYS[split], path, max_tokens, notes)
             for path in split_files(spec, split)]
 
 
@@ -159,7 +156,7 @@ def _labels(task: str, spec: DictConfig, train: List[dict]) -> List[str]:
                             "add it or fix the rows.")
         return fixed
     if len(names) < 2:
-        raise UserError(f"{TASK_SPLIT_KEYS['train']}={split_files(spec, 'train')}: one label only ({names[0] if names else '-'}); "
+        raise UserError(f"{SPLIT_KEYS['train']}={split_files(spec, 'train')}: one label only ({names[0] if names else '-'}); "
                         "classification needs at least two.")
     return names
 
@@ -207,7 +204,7 @@ def prepare_task_data(spec: DictConfig, dry_run: bool = False, notes: Optional[L
     own: List[str] = []
     files = {split: split_files(spec, split) for split in SPLIT_FILES}
     if not files["train"]:
-        raise UserError(f"{TASK_SPLIT_KEYS['train']} is empty; name the train file(s), e.g. data.train_file=/path/train.jsonl.")
+        raise UserError(f"{SPLIT_KEYS['train']} is empty; name the train file(s), e.g. data.train_file=/path/train.jsonl.")
     _check_weights(spec, files["train"])
     read_train = _read_files(spec, "train", max_tokens, own)
     train = [row for _, rows in read_train for row in rows]
@@ -217,7 +214,7 @@ def prepare_task_data(spec: DictConfig, dry_run: bool = False, notes: Optional[L
     read_valid: List[tuple] = []
     if frac is not None:
         if files["validation"]:
-            raise UserError(f"data.split.validation={frac} and {TASK_SPLIT_KEYS['validation']}={files['validation']}: "
+            raise UserError(f"data.split.validation={frac} and {SPLIT_KEYS['validation']}={files['validation']}: "
                             "give one; set data.validation_file=null to carve validation out of the train file.")
         if not 0 < frac < 1:
             raise UserError(f"data.split.validation={frac}: a fraction in (0, 1), e.g. 0.1.")
@@ -228,20 +225,20 @@ def prepare_task_data(spec: DictConfig, dry_run: bool = False, notes: Optional[L
         read_valid = _read_files(spec, "validation", max_tokens, own)
         valid = [row for _, rows in read_valid for row in rows]
     else:
-        raise UserError(f"{TASK_SPLIT_KEYS['validation']} is empty and data.split.validation is not set; give a "
+        raise UserError(f"{SPLIT_KEYS['validation']} is empty and data.split.validation is not set; give a "
                         "validation file (data.validation_file=...) or data.split.validation=0.1 to carve one out of "
                         "the train file.")
     labels = _labels(task, spec, train)
     splits = {"train": train, "validation": valid}
     for src, rows in read_valid:
-        _check_eval_labels(task, labels, src, rows, TASK_SPLIT_KEYS["train"])
+        _check_eval_labels(task, labels, src, rows, SPLIT_KEYS["train"])
     if files["test"]:
         read_test = _read_files(spec, "test", max_tokens, own)
         for src, rows in read_test:
-            _check_eval_labels(task, labels, src, rows, TASK_SPLIT_KEYS["train"])
+            _check_eval_labels(task, labels, src, rows, SPLIT_KEYS["train"])
         splits["test"] = [row for _, rows in read_test for row in rows]
     elif spec.eval:
-        raise UserError(f"{TASK_SPLIT_KEYS['test']} is empty, but eval=true scores the test split; set "
+        raise UserError(f"{SPLIT_KEYS['test']} is empty, but eval=true scores the test split; set "
                         "data.test_file=<file>.")
     notes.extend(own)
     return PreparedTask(task, splits, labels, sources, split_info, own)
@@ -296,6 +293,7 @@ def task_data_key(spec) -> Optional[tuple]:
     d, t = spec.data, spec.task
     return (t.name, t.overlong, tuple(t.labels or ()), d.source, d.train_file, d.validation_file, d.test_file,
             *(tuple(split_files(spec, split)) for split in SPLIT_FILES),
-            tuple(spec.model.data.train_ds.concat_sampling_probabilities), d.format, tuple(sorted(as_dict(d.columns).items())), d.split.validation, d.split.seed, d.seed,
+            tuple(spec.model.data.train_ds.concat_sampling_probabilities), d.format,
+            tuple(sorted(as_dict(d.columns).items())), d.split.validation, d.split.seed, d.seed,
             d.synthetic.n_train, d.synthetic.n_valid, d.synthetic.n_test, bool(spec.eval),
             int(spec.model.data.train_ds.max_seq_length))

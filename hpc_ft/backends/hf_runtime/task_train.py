@@ -34,11 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def metric_key(monitor: str) -> str:
-    """val_f1 -> eval_f1 (the Trainer's name for it)."""
-    return "eval_" + (monitor[4:] if monitor.startswith("val_") else monitor)
-
-
 def auto_class(task: str):
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -103,12 +98,10 @@ def encode(args, tokenizer, labels: list[str], path: str, argument: str):
 
 def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, events, log) -> int:
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
-
-    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK
-    from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
     from transformers.utils import logging as hf_logging
 
-    from hpc_ft.backends.hf_runtime.callbacks import ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK, ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
     from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
     from hpc_ft.backends.hf_runtime.task_data import collator, read_labels
@@ -149,13 +142,11 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
         return collate_batch(features)
 
     max_steps, epoch_limit = sft.step_budget(args, len(train.examples), world_size)
-    targs = sft.training_arguments(args, has_cuda, world_size, max_steps)
-    targs.metric_for_best_model = metric_key(args.monitor)
-    targs.greater_is_better = args.mode == "max"
+    targs = sft.training_arguments(args, has_cuda, world_size, max_steps)  # the best model by the task's metric
     targs.label_names = ["labels"]
     callbacks = [ProgressEvents(events, lambda: tokens_counted[0], world_size, is_main), preemption]
     if args.save_top_k != -1:  # exp_manager.checkpoint_callback_params.save_top_k, by the task's own metric
-        callbacks.append(KeepTopK(args.save_top_k, metric_key(args.monitor), args.mode == "max", is_main))
+        callbacks.append(KeepTopK(args.save_top_k, sft.trainer_metric(args.monitor), args.mode == "max", is_main))
     if args.tensorboard_dir and is_main:
         callbacks.append(sft.tensorboard_callback(args.tensorboard_dir))
     early = None

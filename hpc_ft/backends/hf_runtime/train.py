@@ -234,6 +234,11 @@ def enable_gradient_checkpointing(model, peft: str) -> None:
         model.enable_input_require_grads()  # a frozen embedding gives the checkpointed layers no grad to carry
 
 
+def trainer_metric(monitor: str) -> str:
+    """The Trainer's name of a monitored metric: NeMo's names through MONITORED, a task's val_<name> as eval_<name>."""
+    return MONITORED.get(monitor, "eval_" + monitor.removeprefix("val_"))
+
+
 def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
     from transformers import TrainingArguments
 
@@ -253,7 +258,7 @@ def training_arguments(args, has_cuda: bool, world_size: int, max_steps: int):
         save_steps=args.eval_steps,
         save_total_limit=None,  # KeepTopK prunes: the k best by the monitored metric, and the latest
         load_best_model_at_end=True,
-        metric_for_best_model=MONITORED.get(args.monitor, "eval_" + args.monitor.removeprefix("val_")),
+        metric_for_best_model=trainer_metric(args.monitor),
         greater_is_better=args.mode == "max",
         seed=args.seed,
         bf16=args.precision == "bf16",
@@ -383,7 +388,7 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
                  batching.first_step_event(events, lambda: tokens_counted[0], data_seconds=data_seconds,
                                            model_seconds=model_seconds, tokenized_from_cache=from_cache)]
     if args.save_top_k != -1:
-        callbacks.append(KeepTopK(args.save_top_k, MONITORED[args.monitor], args.mode == "max", is_main))
+        callbacks.append(KeepTopK(args.save_top_k, trainer_metric(args.monitor), args.mode == "max", is_main))
     if args.tensorboard_dir and is_main:
         callbacks.append(tensorboard_callback(args.tensorboard_dir))
     if world_size > 1:  # each rank says where it ran and what it ended with (multi-node checks read it)
