@@ -23,9 +23,9 @@ def test_demo_learns_stops_early_and_beats_the_untuned_base(tmp_path):
     assert best < first, report
     st = json.loads(subprocess.run([sys.executable, "-m", "hpc_ft.cli", "status", "--json"], capture_output=True,
                                    text=True, env=env, cwd=tmp_path).stdout)
-    assert st["state"] == "COMPLETED" and st["end_cause"] == "EARLY_STOPPED" and st["early_stopped"]
-    assert st["step"] < st["max_steps"]
-    assert st["accuracy"] - st["base_accuracy"] >= 0.20, (st["accuracy"], st["base_accuracy"])
+    assert st["state"] == "COMPLETED" and st["end_cause"] == "EARLY_STOPPED" and st["early_stopped"], report
+    assert st["step"] < st["max_steps"], report
+    assert st["accuracy"] - st["base_accuracy"] >= 0.20, report
     assert os.path.isdir(st["best_checkpoint"])
     preds = (tmp_path / "results").glob("tiny_llama_lora/*/predictions/test_predictions.jsonl")
     rows = [json.loads(x) for p in preds for x in p.read_text().splitlines()]

@@ -143,6 +143,25 @@ def test_resume_continues_from_the_newest_checkpoint_and_a_finished_run_is_left_
     assert len(read_events(out / "events.jsonl")) == len(events)  # nothing left to do, nothing written
 
 
+def test_one_seed_trains_the_same_adapter_twice_and_another_seed_does_not(model_dir, data, tmp_path):
+    """model.seed covers the adapter's initial weights too (they are drawn before the Trainer seeds anything):
+    the same job run twice in one process, with the global RNG moved on in between, gives the same losses."""
+    import torch
+    from safetensors.torch import load_file
+
+    def run(name: str, seed: int):
+        torch.rand(7)  # whatever ran before must not matter
+        out = tmp_path / name
+        assert train.main(train_argv(model_dir, data, out, max_steps=10, patience=0, seed=seed)) == 0
+        losses = [e["loss"] for e in read_events(out / "events.jsonl") if e["kind"] == "train"]
+        return losses, load_file(str(out / "checkpoint-10" / "adapter_model.safetensors"))
+
+    (first, a), (second, b), (other, c) = run("a", 7), run("b", 7), run("c", 8)
+    assert first and first == second
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert other != first and not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_sigusr1_saves_a_checkpoint_at_the_next_step_and_exits_zero(model_dir, data, tmp_path):
     out = tmp_path / "run"
     events_file = out / "events.jsonl"

@@ -216,6 +216,11 @@ def load_model(args, has_cuda: bool):
 
     if args.peft == "qlora":
         model = prepare_model_for_kbit_training(model)
+    # the adapter's initial weights come from model.seed: two runs of one job train the same adapter
+    # (the Trainer seeds only after the model is built)
+    import transformers
+
+    transformers.set_seed(args.seed)
     config = LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         target_modules=lora_targets(model, args.lora_targets), task_type="CAUSAL_LM",
