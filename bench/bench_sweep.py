@@ -68,7 +68,7 @@ def bench_grid(title: str, overrides: list, work: Path) -> None:
             (sweep_launch, "compose_points", watch.wrap(sweep_launch, "compose_points", "compose+validate")),
             (sweep_launch, "plan_points", watch.wrap(sweep_launch, "plan_points", "plan")),
             (submit_launch, "render_scripts", watch.wrap(submit_launch, "render_scripts", "render job.sbatch")),
-            (sweep_launch.ConfigYaml, "__call__", watch.wrap(sweep_launch.ConfigYaml, "__call__", "config.yaml")),
+            (rundir.ConfigYaml, "__call__", watch.wrap(rundir.ConfigYaml, "__call__", "config.yaml")),
             (rundir, "write_new", watch.wrap(rundir, "write_new", "file writes")),
             (rundir, "make_run_dir", watch.wrap(rundir, "make_run_dir", "mkdir")),
         ]

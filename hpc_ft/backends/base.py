@@ -20,6 +20,7 @@ class Backend(Protocol):
     name: str
     tasks: Tuple[str, ...]          # the tasks it supports
     keys: Tuple[str, ...]           # the config sections (prefixes) it honours
+    requires_final_artifact: bool   # a run that ends well leaves a final artifact (NeMo's .nemo); missing = failed
 
     def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         """The train job's steps (command lines)."""
@@ -42,6 +43,19 @@ class Backend(Protocol):
     def reader_kwargs(self, cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         """What the run reader needs to find this backend's logs and checkpoints, from a run's config.yaml
         and its run directory."""
+
+    def read_run(self, run_dir: Path, reader: Any, sources: list, log_files: List[Path],
+                 options: Dict[str, Any]) -> Any:
+        """The run reader: a `track.events.RunFiles` (events, checkpoint fields, notes, TensorBoard folder, log
+        files) from the run directory. `reader` reads files (track.run_state.EventSources), `sources` are the
+        Slurm logs' events, `options` what `reader_kwargs` gave (exp_name, nemo_exp_root, mode, expected_ranks)."""
+
+    def plan_fields(self, spec: DictConfig) -> Dict[str, Any]:
+        """How this backend's keys reach the memory planner: PlanRequest's optimizer, recompute,
+        gradient_checkpointing, flash_attention and lora_targets (the module names it really targets)."""
+
+    def converts_data(self, report: Any) -> bool:
+        """Whether the user's files (a data.checks.DataReport) must be converted at submit for this backend."""
 
     def read_events(self, run_dir: Path) -> list:
         """The run's events (progress, validation, end), from this backend's logs."""

@@ -198,6 +198,28 @@ class HfBackend:
     name = "hf"
     tasks = ("sft", "classification", "token_classification", "preference")  # the last three: hf_tasks
     keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
+    requires_final_artifact = False
+
+    def read_run(self, run_dir, reader, sources, log_files, options):
+        from hpc_ft.track.hf_events import read_hf_run
+
+        return read_hf_run(run_dir, reader, sources, log_files)
+
+    def plan_fields(self, spec: DictConfig) -> Dict[str, object]:
+        m = spec.model
+        if spec.task.name != "sft":
+            from hpc_ft.backends.hf_tasks import lora_target_list
+
+            targets = tuple(lora_target_list(spec).split(","))  # what the task job targets (all-linear off Llama)
+        else:
+            targets = tuple(lora_targets(list(m.peft.lora_tuning.target_modules), job_family(spec)))
+        # NeMo's activation-checkpointing key turns on the HF model's gradient checkpointing
+        return dict(optimizer="sgd" if m.optim.name == "sgd" else "adamw_torch", recompute=None,
+                    gradient_checkpointing=m.activations_checkpoint_granularity is not None, flash_attention=None,
+                    lora_targets=targets or None)
+
+    def converts_data(self, report) -> bool:
+        return False  # the hf job reads every format hpc_ft.data reads
 
     def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         return train_steps(spec, run_dir)

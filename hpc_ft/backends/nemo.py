@@ -320,6 +320,24 @@ class NemoBackend:
     name = "nemo"
     tasks = ("sft",)
     keys = ("model", "trainer", "data", "peft", "exp_manager", "eval")
+    requires_final_artifact = True
+
+    def read_run(self, run_dir, reader, sources, log_files, options):
+        from hpc_ft.track.nemo_checkpoints import read_nemo_run
+
+        return read_nemo_run(run_dir, reader, sources, log_files, **options)
+
+    def plan_fields(self, spec: DictConfig) -> Dict[str, Any]:
+        m = spec.model
+        flash = False if str(spec.backend.env.get("NVTE_FLASH_ATTN", "1")) == "0" else None
+        return dict(optimizer=m.optim.name, recompute=m.activations_checkpoint_granularity,
+                    gradient_checkpointing=False, flash_attention=flash,
+                    lora_targets=tuple(m.peft.lora_tuning.target_modules) or None)
+
+    def converts_data(self, report) -> bool:
+        from hpc_ft.data.checks import needs_nemo_conversion
+
+        return needs_nemo_conversion(report)
 
     def train_steps(self, spec: DictConfig, run_dir: str) -> List[Step]:
         return train_steps(spec, run_dir)

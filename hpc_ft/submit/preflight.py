@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from hpc_ft.backends.base import get_backend
 from hpc_ft.errors import UserError
 
 SHIPPED_CONFIGS = "model/configs"
@@ -61,10 +62,6 @@ def plan_request(spec: DictConfig, source=None, **changes):
         return None
     m, t, c = spec.model, spec.trainer, spec.cluster
     scheme = m.peft.peft_scheme
-    hf = spec.backend.name == "hf"
-    flash = None
-    if not hf and str(spec.backend.env.get("NVTE_FLASH_ATTN", "1")) == "0":
-        flash = False
     req = PlanRequest(
         arch=arch_from_hf_config(source, name=m.name),
         backend=spec.backend.name,
@@ -85,16 +82,11 @@ def plan_request(spec: DictConfig, source=None, **changes):
         megatron_amp_O2=m.megatron_amp_O2,
         quantization="4bit" if scheme == "qlora" else None,
         peft_scheme="lora" if scheme == "qlora" else scheme,
-        # hf: NeMo's activation-checkpointing key turns on the HF model's gradient checkpointing
-        gradient_checkpointing=hf and m.activations_checkpoint_granularity is not None,
         lora_r=m.peft.lora_tuning.adapter_dim,
-        lora_targets=_lora_targets(spec) or None,
         ptuning_virtual_tokens=m.peft.p_tuning.virtual_tokens,
         ptuning_bottleneck_dim=m.peft.p_tuning.bottleneck_dim,
         ptuning_embedding_dim=m.peft.p_tuning.embedding_dim,
-        optimizer=("sgd" if m.optim.name == "sgd" else "adamw_torch") if hf else m.optim.name,
-        recompute=None if hf else m.activations_checkpoint_granularity,
-        flash_attention=flash,
+        **get_backend(spec.backend.name).plan_fields(spec),  # optimizer, recompute, lora_targets, ...
         **_head(spec),
     )
     return req.with_(**changes) if changes else req
@@ -110,20 +102,6 @@ def _head(spec: DictConfig) -> Dict[str, Any]:
     guess = 64 if task == "token_classification" else 16  # the labels are read from the data at submit
     return {"head_classes": len(spec.task.labels) if spec.task.labels else guess,
             "head_per_token": task == "token_classification"}
-
-
-def _lora_targets(spec: DictConfig) -> tuple:
-    names = list(spec.model.peft.lora_tuning.target_modules)
-    if spec.backend.name == "hf" and spec.task.name != "sft":
-        from hpc_ft.backends.hf_tasks import lora_target_list
-
-        return tuple(lora_target_list(spec).split(","))  # what the task job targets (all-linear off Llama)
-    if spec.backend.name == "hf":
-        from hpc_ft.backends.hf import lora_targets
-        from hpc_ft.models.family import job_family
-
-        return tuple(lora_targets(names, job_family(spec)))  # the module names the hf backend really targets
-    return tuple(names)
 
 
 def plan_spec(spec: DictConfig, **kwargs):

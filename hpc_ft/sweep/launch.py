@@ -137,74 +137,6 @@ def plan_points(points: Sequence[Point], force: bool = False) -> List[PlannedPoi
 # ---- rendering ------------------------------------------------------------------------------------
 
 
-def _yaml_dumper():
-    """OmegaConf's YAML dumper (quotes strings that would read back as other types), on libyaml when present."""
-    import yaml
-    from omegaconf._utils import get_omega_conf_dumper
-
-    base = get_omega_conf_dumper()
-    if not hasattr(yaml, "CDumper"):
-        return base
-
-    class Dumper(yaml.CDumper):  # type: ignore[misc,valid-type]
-        pass
-
-    for kind, representer in base.yaml_representers.items():
-        Dumper.add_representer(kind, representer)
-    Dumper.add_representer(SpecView, base.represent_dict)
-    return Dumper
-
-
-class ConfigYaml:
-    """config.yaml text as `hpc_ft.submit.rundir.config_yaml` (OmegaConf.to_yaml) writes it, for many points.
-
-    A block mapping's entries are emitted independently of their siblings, so the text of each entry two
-    levels down (`model:` -> `  optim: ...`) is dumped once in its real context and reused: points share
-    the sections they do not change (SpecView copies only the dicts along a changed key's path) and most
-    of their scalar values."""
-
-    def __init__(self) -> None:
-        self._dumper = _yaml_dumper()
-        self._cache: Dict[Tuple, Tuple[Any, str]] = {}
-
-    def _dump(self, data: Any) -> str:
-        import yaml
-
-        return yaml.dump(data, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=self._dumper)
-
-    def _entry(self, key: str, sub: Optional[str], value: Any) -> str:
-        """The text of `key: value` (sub None) or of `sub: value` inside the top-level mapping `key`."""
-        container = isinstance(value, (dict, list))
-        ident: Tuple = (key, sub, id(value)) if container else (key, sub, type(value).__name__, repr(value))
-        hit = self._cache.get(ident)
-        if hit is None or (container and hit[0] is not value):
-            plain = value.plain() if isinstance(value, SpecView) else value
-            if sub is None:
-                text = self._dump({key: plain})
-            else:
-                text = self._dump({key: {sub: plain}}).split("\n", 1)[1]  # without the "key:" line
-            hit = self._cache[ident] = (value, text)  # holding `value` keeps its id from being reused
-        return hit[1]
-
-    def __call__(self, spec: SpecView) -> str:
-        parts = []
-        for key, value in spec.items():
-            if isinstance(value, dict) and value:
-                head = self._cache.get(("head", key))
-                if head is None:
-                    head = self._cache[("head", key)] = (None, self._dump({key: {"x": 0}}).split("\n", 1)[0] + "\n")
-                parts.append(head[1])
-                parts.extend(self._entry(key, sub, v) for sub, v in value.items())
-            else:
-                parts.append(self._entry(key, None, value))
-        return "".join(parts)
-
-
-def config_yaml(spec: SpecView) -> str:
-    """One point's config.yaml text (see ConfigYaml)."""
-    return ConfigYaml()(spec)
-
-
 def _resources(sbatch: Sequence[str]) -> List[str]:
     return [o for o in sbatch if not o.startswith(_NOT_RESOURCES)]
 
@@ -282,7 +214,8 @@ class _Inputs:
 
     def _check_rows(self, spec: SpecView) -> None:
         """hpc_ft.data's submit checks, once per distinct files + data options; nemo sweeps take NeMo rows as they are."""
-        from hpc_ft.data.checks import check_job_data, needs_nemo_conversion
+        from hpc_ft.backends.base import get_backend
+        from hpc_ft.data.checks import check_job_data
         from hpc_ft.data.spec import options_from_spec, splits_from_spec
 
         key = (spec.backend.name, options_from_spec(spec).to_json(), repr(splits_from_spec(spec)), bool(spec.eval))
@@ -290,8 +223,8 @@ class _Inputs:
             return
         before = len(self.notes)
         report = check_job_data(spec, dry_run=self.dry_run, notes=self.notes)
-        if spec.backend.name == "nemo" and needs_nemo_conversion(report):
-            raise UserError("model.data.train_ds.file_names: a nemo sweep passes NeMo jsonl rows as they are, and these "
+        if get_backend(spec.backend.name).converts_data(report):
+            raise UserError(f"model.data.train_ds.file_names: a {spec.backend.name} sweep passes NeMo jsonl rows as they are, and these "
                             "need converting (another format or data.prompt_template_no_input); convert them once with "
                             "`hpc-ft train ... --dry-run` (its run folder's data/) and sweep over those files.")
         self._data[key] = report.checksums()
@@ -395,7 +328,7 @@ def launch_sweep(overrides: Sequence[str], *, dry_run: bool = False, force: bool
         (sweep_dir / "logs").mkdir()
     who = submitter()
     records = []
-    to_yaml = ConfigYaml()
+    to_yaml = rd.ConfigYaml()
     for pp, spec, script, with_eval in rendered:
         run_dir = rd.make_run_dir(spec, str(pp.task), parent=str(sweep_dir))
         text = to_yaml(spec)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 # Printed by the hpc-ft run program at the start of every attempt (first run and each requeue),
 # to stdout and to stderr, e.g. "[hpc-ft] attempt 2 start job=1234 restart=1". Parsers split a
@@ -293,3 +294,40 @@ def merge_attempts(*sources: list[Event]) -> list[Event]:
         merged.extend(starts)
         merged.extend(rest)
     return merged
+
+
+def last_value(events: list[Event], kind: type, attr: str | None = None) -> Any:
+    """The last event of ``kind`` (or its last non-None ``attr``)."""
+    for event in reversed(events):
+        if isinstance(event, kind):
+            if attr is None:
+                return event
+            value = getattr(event, attr)
+            if value is not None:
+                return value
+    return None
+
+
+def local_path(path: str | None, folder: Path) -> str | None:
+    """A checkpoint path as logged (maybe a path inside the container) mapped onto ``folder``
+    when an entry of that name exists there."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.exists():
+        return str(p)
+    candidate = folder / p.name
+    return str(candidate) if candidate.exists() else path
+
+
+@dataclass
+class RunFiles:
+    """What a backend's run reader found in a run directory: the merged events, the checkpoint fields of a
+    RunState (best_checkpoint, best_value, best_step, last_checkpoint, final_artifact), notes, where its
+    TensorBoard files sit, and the log files whose tail status shows."""
+
+    events: List[Event]
+    fields: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    tb_root: Optional[Path] = None
+    log_files: List[Path] = field(default_factory=list)

@@ -289,3 +289,27 @@ def scan_hf_checkpoints(directory: str | os.PathLike) -> HfCheckpointSummary:
     last = complete[-1] if complete else None
     best_path = _resolve_checkpoint(directory, last.best_model_checkpoint) if last else None
     return HfCheckpointSummary(checkpoints, last, best_path, last.best_metric if last else None)
+
+
+def read_hf_run(run_dir: Path, reader, sources: list, log_files: list[Path], **_):
+    """An hf run's RunFiles: events.jsonl merged with the Slurm logs' events, and the Trainer checkpoints
+    (the best as the end record names it, else by trainer_state.json)."""
+    from hpc_ft.track.events import RunFiles, last_value, local_path, merge_attempts
+
+    events = merge_attempts(reader.hf_events(run_dir / "events.jsonl", run_dir), *sources)
+    found = RunFiles(events=events, log_files=list(log_files))
+    hf = scan_hf_checkpoints(run_dir / "checkpoints")
+    folder = run_dir / "checkpoints"
+    logged_best = last_value(events, TrainEnd, "best_checkpoint")
+    if logged_best:
+        found.fields["best_checkpoint"] = local_path(logged_best, folder)
+    elif hf.best_path is not None:
+        found.fields["best_checkpoint"] = str(hf.best_path)
+    if hf.best_metric is not None and last_value(events, TrainEnd, "best_val_loss") is None:
+        found.fields["best_value"] = hf.best_metric
+    if hf.last is not None:
+        found.fields["last_checkpoint"] = str(hf.last.path)
+    final = last_value(events, FinalArtifact, "path")
+    if final:
+        found.fields["final_artifact"] = local_path(final, folder)
+    return found

@@ -370,3 +370,51 @@ def looked_for(folder: str | Path) -> str:
     """What a NeMo run reader looks for in ``folder`` (for the message when none of it is there)."""
     return (f"logs/job.out, logs/job.err, slurm-<jobid>.out, and NeMo's log dir {', '.join(f'{n}/<name>/' for n in EXP_ROOT_NAMES)}"
             f" (checkpoints/, {RANK0_LOG_NAME}) in {folder}")
+
+
+def _rank0_events(log_dir: Path, reader) -> tuple[list, list[Path]]:
+    """Events of NeMo's own rank-0 logs, one file per attempt (used when Slurm logs are missing)."""
+    from hpc_ft.track.events import AttemptStarted
+
+    files = nemo_exp_dir(log_dir).rank0_logs()
+    events: list = []
+    for p in files:
+        parsed = reader.nemo_log(p)
+        if events and not (parsed and isinstance(parsed[0], AttemptStarted)):
+            events.append(AttemptStarted("nemo"))
+        events.extend(parsed)
+    return events, files
+
+
+def read_nemo_run(run_dir: Path, reader, sources: list, log_files: list[Path], *, exp_name: str | None = None,
+                  nemo_exp_root=None, mode: str = "min", expected_ranks: int | None = None, **_):
+    """A NeMo run's RunFiles: the Slurm logs' events (else NeMo's rank-0 logs), the checkpoints of
+    <exp_dir>/<exp_manager.name>/ (best by `mode`, complete only with `expected_ranks` rank folders)."""
+    from hpc_ft.track.events import RunFiles, merge_attempts
+
+    nemo_root = Path(nemo_exp_root) if nemo_exp_root else (find_exp_root(run_dir) or run_dir / "nemo")
+    log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
+    found = RunFiles(events=[], log_files=list(log_files))
+    if log_dir is None and not sources:
+        found.notes.append(f"no NeMo log or checkpoints found; looked for {looked_for(run_dir)}")
+    summary: CheckpointSummary | None = None
+    if log_dir is not None:
+        name = exp_name or (log_dir.name if log_dir.parent == nemo_root else log_dir.parent.name)
+        summary = inspect_checkpoints(log_dir / "checkpoints", name=name, mode=mode, expected_ranks=expected_ranks)
+        found.tb_root = log_dir if log_dir.parent == nemo_root else log_dir.parent  # <exp_dir>/<name>: all version_N
+        if not sources:
+            rank0, files = _rank0_events(log_dir, reader)
+            sources, found.log_files = [rank0], files[-1:]
+    found.events = merge_attempts(*sources)
+    if summary is not None:
+        if summary.best is not None:
+            found.fields.update(best_checkpoint=str(summary.best.path), best_value=summary.best.value,
+                                best_step=summary.best.step)
+        if summary.last is not None:
+            found.fields["last_checkpoint"] = str(summary.last.path)
+        if summary.final_nemo is not None:
+            found.fields["final_artifact"] = str(summary.final_nemo)
+        incomplete = [c.path.name for c in summary.checkpoints if not c.complete]
+        if incomplete:
+            found.notes.append(f"incomplete checkpoints (missing rank files or unfinished): {', '.join(incomplete)}")
+    return found

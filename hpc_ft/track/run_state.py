@@ -44,24 +44,16 @@ from hpc_ft.track.events import (
     TrainEnd,
     ValLoss,
     ValScores,
+    last_value,
     merge_attempts,
     split_attempts,
 )
-from hpc_ft.track.hf_events import HfEventsReader, read_hf_events, scan_hf_checkpoints
-from hpc_ft.track.nemo_checkpoints import (
-    CheckpointSummary,
-    find_exp_root,
-    find_nemo_log_dir,
-    inspect_checkpoints,
-    looked_for,
-    nemo_exp_dir,
-    parse_checkpoint_name,
-    slurm_default_logs,
-)
+from hpc_ft.backends.base import BACKEND_NAMES, get_backend
+from hpc_ft.track.hf_events import HfEventsReader, read_hf_events
+from hpc_ft.track.nemo_checkpoints import parse_checkpoint_name, slurm_default_logs
 from hpc_ft.track.nemo_log import NemoLogParser, log_tail, parse_nemo_log
 from hpc_ft.track.tensorboard import TbScalarsReader, find_event_files, read_tb_events
 
-BACKENDS = ("nemo", "hf")
 SLURM_LOGS = ("job.out", "job.err")
 REASON_TAIL_LINES = 400  # searched for the error line; tracebacks of several ranks are long
 
@@ -122,32 +114,11 @@ def _max_known(*values: int | None) -> int | None:
     return max(known) if known else None
 
 
-def _last(events: list[Event], kind: type, attr: str | None = None) -> Any:
-    """The last event of ``kind`` (or its last non-None ``attr``)."""
-    for event in reversed(events):
-        if isinstance(event, kind):
-            if attr is None:
-                return event
-            value = getattr(event, attr)
-            if value is not None:
-                return value
-    return None
+
 
 
 def _finite(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
-
-
-def _local(path: str | None, folder: Path) -> str | None:
-    """A checkpoint path as logged (maybe a path inside the container) mapped onto ``folder``
-    when an entry of that name exists there."""
-    if not path:
-        return None
-    p = Path(path)
-    if p.exists():
-        return str(p)
-    candidate = folder / p.name
-    return str(candidate) if candidate.exists() else path
 
 
 def _tail(files: list[Path], lines: int) -> str:
@@ -248,18 +219,6 @@ def _slurm_log_events(run_dir: Path, sources: EventSources) -> tuple[list[list[E
     return [sources.nemo_log(p) for p in paths], paths
 
 
-def _nemo_rank0_events(log_dir: Path, sources: EventSources) -> tuple[list[Event], list[Path]]:
-    """Events of NeMo's own rank-0 logs, one file per attempt (used when Slurm logs are missing)."""
-    files = nemo_exp_dir(log_dir).rank0_logs()
-    events: list[Event] = []
-    for p in files:
-        parsed = sources.nemo_log(p)
-        if events and not (parsed and isinstance(parsed[0], AttemptStarted)):
-            events.append(AttemptStarted("nemo"))
-        events.extend(parsed)
-    return events, files
-
-
 def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None, float | None]:
     folder = run_dir / "predictions"
     if not folder.is_dir():
@@ -280,16 +239,16 @@ def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None
 
 def _task_scores(events: list[Event], monitor: str | None, better) -> dict[str, Any]:
     """monitor / val_metric / best_metric / metrics / base_metrics of a task run (all None for SFT)."""
-    monitor = _last(events, TrainEnd, "monitor") or monitor
+    monitor = last_value(events, TrainEnd, "monitor") or monitor
     if monitor == "val_loss":
         monitor = None
     values = [dict(e.scores).get(monitor) for e in events if isinstance(e, ValScores)] if monitor else []
     values = [v for v in values if _finite(v)]
-    best = _last(events, TrainEnd, "best_metric")
+    best = last_value(events, TrainEnd, "best_metric")
     if best is None and values:
         best = better(values)
-    metrics = _last(events, EvalResult, "metrics")
-    base = _last(events, EvalResult, "base_metrics")
+    metrics = last_value(events, EvalResult, "metrics")
+    base = last_value(events, EvalResult, "base_metrics")
     return {"monitor": monitor, "val_metric": values[-1] if values else None, "best_metric": best if monitor else None,
             "metrics": dict(metrics) if metrics else None, "base_metrics": dict(base) if base else None}
 
@@ -322,13 +281,11 @@ def state_from_events(
     ``FinalArtifact`` before the end is classified. ``reason_tail``: a longer log tail to find
     the error line in (default: ``log_tail_text``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     events = list(events)
     if final_artifact is not None and not any(isinstance(e, FinalArtifact) for e in events):
         events.append(FinalArtifact(final_artifact))
     tail = log_tail_text if reason_tail is None else reason_tail
-    verdict = explain_end(slurm_state, exit_code, events, tail, require_artifact=backend == "nemo")
+    verdict = explain_end(slurm_state, exit_code, events, tail, require_artifact=get_backend(backend).requires_final_artifact)
     attempt = last_attempt(events)
     better = min if mode == "min" else max
 
@@ -346,8 +303,8 @@ def state_from_events(
         # what the framework itself called best: the trainer's end record, NeMo's early-stopping line
         # ("Best score: 0.074"), ModelCheckpoint's "'validation_loss' reached X"; the progress bar's
         # val_loss only when none of those was logged (and then its best, never its last value)
-        end = _last(events, TrainEnd, "best_val_loss")
-        early_best = _last(events, EarlyStop, "best_score")
+        end = last_value(events, TrainEnd, "best_val_loss")
+        early_best = last_value(events, EarlyStop, "best_score")
         if end is not None:
             best_val = end
         elif saved_vals:
@@ -358,11 +315,11 @@ def state_from_events(
             best_val = better(e.val_loss for e in val_events)
 
     if best_checkpoint is None:
-        best_checkpoint = _last(events, TrainEnd, "best_checkpoint") or _last(events, BestRestored, "path")
+        best_checkpoint = last_value(events, TrainEnd, "best_checkpoint") or last_value(events, BestRestored, "path")
         if best_checkpoint is None and saved_vals:
             best_checkpoint = better(saved_vals, key=lambda e: e.val_loss).path
     if last_checkpoint is None:
-        last_checkpoint = _last(events, PreemptSaved, "path") or _last(events, CheckpointSaved, "path")
+        last_checkpoint = last_value(events, PreemptSaved, "path") or last_value(events, CheckpointSaved, "path")
 
     attempts = len(split_attempts(events)) if events else 0
     early = any(isinstance(e, EarlyStop) for e in attempt)
@@ -371,23 +328,23 @@ def state_from_events(
         run_id=run_id,
         job_id=job_id,
         state=normalize_slurm_state(slurm_state),
-        step=_max_known(_last(events, Progress, "step"), _last(events, TrainEnd, "step"),
-                        _last(events, EarlyStop, "step")),
-        max_steps=_last(events, MaxStepsReached, "max_steps") or _last(events, Progress, "max_steps") or max_steps,
-        train_loss=_last(events, Progress, "train_loss"),
-        val_loss=_last(events, ValLoss, "val_loss"),
+        step=_max_known(last_value(events, Progress, "step"), last_value(events, TrainEnd, "step"),
+                        last_value(events, EarlyStop, "step")),
+        max_steps=last_value(events, MaxStepsReached, "max_steps") or last_value(events, Progress, "max_steps") or max_steps,
+        train_loss=last_value(events, Progress, "train_loss"),
+        val_loss=last_value(events, ValLoss, "val_loss"),
         best_val_loss=best_val,
         best_checkpoint=best_checkpoint,
         last_checkpoint=last_checkpoint,
-        final_artifact=final_artifact or _last(events, FinalArtifact, "path"),
+        final_artifact=final_artifact or last_value(events, FinalArtifact, "path"),
         early_stopped=early,
         end_cause=verdict.cause,
         end_reason=verdict.reason + (f" | {verdict.line}" if verdict.line and verdict.line not in verdict.reason else ""),
-        accuracy=_last(events, EvalResult, "accuracy"),
-        base_accuracy=_last(events, EvalResult, "base_accuracy"),
+        accuracy=last_value(events, EvalResult, "accuracy"),
+        base_accuracy=last_value(events, EvalResult, "base_accuracy"),
         **task,
-        step_time_s=_last(events, Progress, "step_time_s"),
-        tokens_per_s=_last(events, Progress, "tokens_per_s"),
+        step_time_s=last_value(events, Progress, "step_time_s"),
+        tokens_per_s=last_value(events, Progress, "tokens_per_s"),
         log_tail=log_tail_text,
         requeues=requeues if requeues is not None else max(0, attempts - 1),
         attempts=attempts,
@@ -422,61 +379,16 @@ def state_from_run_dir(
     ``nemo_exp_root``: NeMo's ``exp_manager.exp_dir`` (the folder holding ``<exp_name>/``), default
     ``<run_dir>/nemo``; ``sources``: how files are read (default: each parsed whole).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, not {backend!r}")
     run_dir = Path(run_dir).resolve()
     reader = sources or EventSources()
     sources, log_files = _slurm_log_events(run_dir, reader)
-    tb_root = run_dir
-    notes: list[str] = []
-    kwargs: dict[str, Any] = {}
-
-    if backend == "nemo":
-        nemo_root = Path(nemo_exp_root) if nemo_exp_root else (find_exp_root(run_dir) or run_dir / "nemo")
-        log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
-        if log_dir is None and not sources:
-            notes.append(f"no NeMo log or checkpoints found; looked for {looked_for(run_dir)}")
-        name = exp_name
-        summary: CheckpointSummary | None = None
-        if log_dir is not None:
-            if name is None:
-                name = log_dir.name if log_dir.parent == nemo_root else log_dir.parent.name
-            summary = inspect_checkpoints(log_dir / "checkpoints", name=name, mode=mode, expected_ranks=expected_ranks)
-            tb_root = log_dir if log_dir.parent == nemo_root else log_dir.parent  # <exp_dir>/<name>: all version_N
-            if not sources:
-                rank0, files = _nemo_rank0_events(log_dir, reader)
-                sources, log_files = [rank0], files[-1:]
-        events = merge_attempts(*sources)
-        if summary is not None:
-            if summary.best is not None:
-                kwargs.update(
-                    best_checkpoint=str(summary.best.path),
-                    best_value=summary.best.value,
-                    best_step=summary.best.step,
-                )
-            if summary.last is not None:
-                kwargs["last_checkpoint"] = str(summary.last.path)
-            if summary.final_nemo is not None:
-                kwargs["final_artifact"] = str(summary.final_nemo)
-            incomplete = [c.path.name for c in summary.checkpoints if not c.complete]
-            if incomplete:
-                notes.append(f"incomplete checkpoints (missing rank files or unfinished): {', '.join(incomplete)}")
-    else:
-        events = merge_attempts(reader.hf_events(run_dir / "events.jsonl", run_dir), *sources)
-        hf = scan_hf_checkpoints(run_dir / "checkpoints")
-        folder = run_dir / "checkpoints"
-        logged_best = _last(events, TrainEnd, "best_checkpoint")
-        if logged_best:
-            kwargs["best_checkpoint"] = _local(logged_best, folder)
-        elif hf.best_path is not None:
-            kwargs["best_checkpoint"] = str(hf.best_path)
-        if hf.best_metric is not None and _last(events, TrainEnd, "best_val_loss") is None:
-            kwargs["best_value"] = hf.best_metric
-        if hf.last is not None:
-            kwargs["last_checkpoint"] = str(hf.last.path)
-        final = _last(events, FinalArtifact, "path")
-        if final:
-            kwargs["final_artifact"] = _local(final, folder)
+    found = get_backend(backend).read_run(
+        run_dir, reader, sources, log_files,
+        dict(exp_name=exp_name, nemo_exp_root=nemo_exp_root, mode=mode, expected_ranks=expected_ranks))
+    events, kwargs, notes = found.events, dict(found.fields), list(found.notes)
+    tb_root, log_files = found.tb_root or run_dir, found.log_files or log_files
 
     if not any(isinstance(e, Progress) and e.step > 0 for e in events):
         # the logs show no progress (NeMo's progress bar off, a quiet Trainer): TensorBoard's scalars may

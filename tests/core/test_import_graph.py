@@ -12,7 +12,6 @@ PKG = Path(__file__).resolve().parents[2] / "hpc_ft"
 
 # A third-party private module with no public equivalent, and why it is used.
 ALLOWED_PRIVATE = {
-    "omegaconf._utils.get_omega_conf_dumper": "the YAML dumper OmegaConf.to_yaml uses; OmegaConf has no public one",
 }
 
 
@@ -139,3 +138,17 @@ def test_only_the_executors_package_runs_slurm_commands_or_compares_executor_nam
             if SLURM_COMMAND.search(code) or EXECUTOR_NAME.search(code):
                 offenders.append(f"{path.relative_to(PKG.parent)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+BACKEND_NAME = re.compile(r"""["'](hf|nemo)["']\s*[!=]=|[!=]=\s*["'](hf|nemo)["']""")
+
+
+def test_track_submit_and_sweep_ask_the_backend_and_never_compare_its_name():
+    offenders = []
+    for package in ("track", "submit", "sweep"):
+        for path in (PKG / package).rglob("*.py"):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if BACKEND_NAME.search(line.split("#", 1)[0]):
+                    offenders.append(f"{path.relative_to(PKG.parent)}:{n}: {line.strip()}")
+    assert offenders == []
+    assert BACKEND_NAME.search('if spec.backend.name == "nemo":') and BACKEND_NAME.search("'hf' != backend")

@@ -12,7 +12,7 @@ from hpc_ft.compose.compose import compose_job
 from hpc_ft.errors import UserError
 from hpc_ft.submit import rundir as rd
 from hpc_ft.submit.launch import render_scripts
-from hpc_ft.sweep.launch import ConfigYaml, launch_sweep
+from hpc_ft.sweep.launch import launch_sweep
 from hpc_ft.track.nemo_log import GPU_OOM_MARKERS
 
 
@@ -163,11 +163,16 @@ def test_a_percent_in_the_sweep_directory_is_not_a_slurm_pattern(work_dir):
 def test_config_yaml_of_the_fast_writer_equals_omegaconfs(work_dir):
     from hpc_ft.compose.points import compose_points
 
-    to_yaml = ConfigYaml()
+    from omegaconf import OmegaConf
+
+    to_yaml = rd.ConfigYaml()
     overrides = [f"work_dir={work_dir}", "+cluster.env.LONG='" + "word " * 40 + "'", "model.seed=1,2",
-                 "cluster=local,nig"]
+                 "cluster=local,nig", "+cluster.env.QUOTED=yes", "+cluster.env.NUM='1e3'", "+cluster.env.JA='日本語'"]
     for p in compose_points(overrides):
-        assert to_yaml(p.spec) == rd.config_yaml(compose_job(p.overrides))
+        spec = compose_job(p.overrides)
+        want = OmegaConf.to_yaml(spec, resolve=True)
+        assert to_yaml(p.spec) == want and rd.config_yaml(spec) == want
+        assert "'1e3'" in want and "日本語" in want
 
 
 def test_a_refused_sweep_writes_nothing(work_dir):
