@@ -54,7 +54,7 @@ def load_group_option(group: str, option: str) -> DictConfig:
         path = root / group / f"{option}.yaml" if root else None
         if path is not None and path.is_file():
             return OmegaConf.load(path)
-    options = _group_options(group)
+    options = group_options(group)
     raise UserError(
         f"{group}={option}: no such option in group '{group}'.{did_you_mean(option, options)} "
         f"Available: {', '.join(options) or '(none)'}."

@@ -8,7 +8,6 @@ with the breakdown and the best feasible alternative), unless --force.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig

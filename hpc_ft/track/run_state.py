@@ -30,7 +30,6 @@ from hpc_ft.errors import UserError
 from hpc_ft.track.accuracy import score_predictions
 from hpc_ft.track.causes import REQUEUE_CAUSES, explain_end, last_attempt, normalize_slurm_state
 from hpc_ft.track.events import (
-    AttemptStarted,
     BestRestored,
     CheckpointSaved,
     EarlyStop,
@@ -45,7 +44,6 @@ from hpc_ft.track.events import (
     ValLoss,
     ValScores,
     last_value,
-    merge_attempts,
     split_attempts,
 )
 from hpc_ft.backends.base import BACKEND_NAMES, get_backend

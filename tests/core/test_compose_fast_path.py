@@ -46,3 +46,9 @@ def test_an_unknown_key_gets_hydras_own_error():
     assert c._compose_on_base(["trainer.max_stepz=3"], _roots()) is None
     with pytest.raises(UserError, match="trainer.max_stepz"):
         c.compose_job(["trainer.max_stepz=3"])
+
+
+def test_an_unknown_group_option_is_one_line_naming_the_options():
+    assert c.load_group_option("cluster", "local").executor == "local"
+    with pytest.raises(UserError, match=r"cluster=slurm_locl: no such option in group 'cluster'.*slurm_local"):
+        c.load_group_option("cluster", "slurm_locl")

@@ -137,7 +137,13 @@ def test_exact_string_match_validation_generates_and_can_be_monitored(model_dir,
                  val_tokens_to_generate=3, monitor="validation_exact_string_match", mode="max", patience=1)
     evals = [e for e in events if e["kind"] == "eval"]
     assert evals and all(0.0 <= e["val_exact_string_match"] <= 1.0 for e in evals)
-    assert events[-1]["kind"] == "end"
+    end = events[-1]
+    assert end["kind"] == "end"
+    # the end record names what early stopping followed; best_val_loss stays a loss (the loss at the best step)
+    assert end["monitor"] == "validation_exact_string_match"
+    assert end["best_metric"] == pytest.approx(max(e["val_exact_string_match"] for e in evals))
+    best_step = int(end["best_checkpoint"].rsplit("-", 1)[1])
+    assert end["best_val_loss"] == pytest.approx(next(e["val_loss"] for e in evals if e["step"] == best_step), rel=1e-4)
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--model-dir", "m", "--train-file", "t", "--valid-file", "v",
                                          "--output-dir", "o", "--monitor-metric", "val_acc"])

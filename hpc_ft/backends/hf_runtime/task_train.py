@@ -8,9 +8,7 @@ callbacks (events, preemption) and checkpoint helpers of the SFT runtime. Run as
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -100,10 +98,8 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
 
-    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK, ProgressEvents, all_reduce_number
+    from hpc_ft.backends.hf_runtime.callbacks import KeepTopK, ProgressEvents
     from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
-    from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
-    from hpc_ft.backends.hf_runtime.events import peak_rss_mb
     from hpc_ft.backends.hf_runtime.task_data import collator, read_labels
     from hpc_ft.backends.hf_runtime.task_metrics import compute_metrics_for
 
@@ -175,60 +171,9 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    state = trainer.state
-    best_checkpoint = str(Path(state.best_model_checkpoint).resolve()) if state.best_model_checkpoint else None
-    best_metric = state.best_metric
-    best_val_loss = _loss_at(state, best_checkpoint)
-    if preemption.stopped_at is not None:
-        reason = "preempted"
-    elif early is not None and early.early_stopping_patience_counter >= args.patience:
-        reason = "early_stop"
-    elif epoch_limit is not None:
-        reason = "max_epochs"
-    else:
-        reason = "max_steps"
-    best_dir = None
-    if reason != "preempted":
-        best_dir = output_dir / BEST_DIR
-        trainer.save_model(str(best_dir))
-        if is_main:
-            shutil.copyfile(args.labels_file, best_dir / "labels.json")  # the label names travel with the model
-    trainer.save_state()
-    rss = all_reduce_number(peak_rss_mb(), "sum", world_size)
-    if reason == "early_stop":
-        events.write("early_stop", step=state.global_step, best_val_loss=best_val_loss, monitor=args.monitor,
-                     best_metric=best_metric, best_checkpoint=best_checkpoint, patience=args.patience)
-        log(f"[early stop] step {state.global_step}: {args.monitor} did not improve by > {args.min_delta} in "
-            f"{args.patience} evaluations; best {best_metric:.4f} at {best_checkpoint}")
-    if reason == "preempted":
-        saved = output_dir / f"checkpoint-{state.global_step}"
-        events.write("preempt_saved", step=state.global_step, checkpoint=str(saved), signal=preemption.signal_name)
-        log(f"[preempt] checkpoint saved at {saved}; exiting 0 so the job script can requeue")
-    end = events.write("end", reason=reason, step=state.global_step, best_val_loss=best_val_loss,
-                       monitor=args.monitor, best_metric=best_metric, best_checkpoint=best_checkpoint,
-                       best_dir=str(best_dir) if best_dir else None, peak_rss_mb=round(rss, 1),
-                       train_seconds=round(time.perf_counter() - started, 2))
-    if is_main:
-        (output_dir / END_RECORD).write_text(json.dumps(end, indent=2) + "\n", encoding="utf-8")
-    best_text = f"{best_metric:.4f}" if best_metric is not None else "n/a"
-    log(f"[end] {reason} at step {state.global_step}; best {args.monitor} {best_text} ({best_checkpoint}); "
-        f"peak RSS {rss:.0f} MB")
-    sft.close_process_group()
-    return 0
-
-
-def _loss_at(state, checkpoint: str | None) -> float | None:
-    """The validation loss logged at the best checkpoint's step (the best of the monitored metric, not of the loss)."""
-    if not checkpoint:
-        return None
-    try:
-        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
-    for entry in state.log_history:
-        if entry.get("step") == step and "eval_loss" in entry:
-            return float(entry["eval_loss"])
-    return None
+    # the label names travel with the model
+    return sft.finish_training(trainer, args, started, early, epoch_limit, preemption, events, log, world_size,
+                               is_main, keep_with_best=[(args.labels_file, "labels.json")])
 
 
 def main(argv: list[str] | None = None) -> int:

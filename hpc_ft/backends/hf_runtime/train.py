@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -348,13 +349,10 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
 
-    from hpc_ft.backends.hf_runtime.callbacks import GeneratingValidation, KeepTopK, ProgressEvents, all_reduce_number
-    from hpc_ft.backends.hf_runtime.sft_data import load_rendered
-    from hpc_ft.data.spec import DataOptions
+    from hpc_ft.backends.hf_runtime.callbacks import GeneratingValidation, KeepTopK, ProgressEvents
     from hpc_ft.backends.hf_runtime.optim import build_optimizer, build_scheduler
-    from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
-    from hpc_ft.backends.hf_runtime.events import peak_rss_mb
-    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, load_splits
+    from hpc_ft.backends.hf_runtime.sft_data import AnswerOnlyCollator, load_rendered, load_splits
+    from hpc_ft.data.spec import DataOptions
 
     hf_logging.disable_progress_bar()  # progress bars garble Slurm logs; our lines report progress
     output_dir = Path(args.output_dir).expanduser().resolve()
@@ -442,9 +440,24 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return finish_training(trainer, args, started, early, epoch_limit, preemption, events, log, world_size, is_main)
+
+
+def finish_training(trainer, args, started: float, early, epoch_limit, preemption, events, log, world_size: int,
+                    is_main: bool, keep_with_best=None) -> int:
+    """The end of a training run, SFT's and a task's: why it ended, the best model saved as best/ (with
+    `keep_with_best`'s (file, name) pairs copied beside it), the early_stop/preempt_saved/end events and end.json, then every
+    rank leaves together. `monitor`/`best_metric` are what early stopping followed; `best_val_loss` is the
+    validation loss at the best checkpoint (the same value when the monitor is the loss)."""
+    from hpc_ft.backends.hf_runtime.callbacks import all_reduce_number
+    from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
+    from hpc_ft.backends.hf_runtime.events import peak_rss_mb
+
+    output_dir = Path(args.output_dir)
     state = trainer.state
     best_checkpoint = str(Path(state.best_model_checkpoint).resolve()) if state.best_model_checkpoint else None
-    best_val_loss = state.best_metric
+    best_metric = state.best_metric
+    best_val_loss = best_metric if args.monitor == "val_loss" else _loss_at(state, best_checkpoint)
     if preemption.stopped_at is not None:
         reason = "preempted"
     elif early is not None and early.early_stopping_patience_counter >= args.patience:
@@ -458,27 +471,46 @@ def _train(args, world_size: int, is_main: bool, has_cuda: bool, preemption, eve
     if reason != "preempted":
         best_dir = output_dir / BEST_DIR
         trainer.save_model(str(best_dir))  # load_best_model_at_end: the model now holds the best weights
+        if is_main:
+            for source, name in keep_with_best or []:
+                shutil.copyfile(source, best_dir / name)
     trainer.save_state()
 
     rss = all_reduce_number(peak_rss_mb(), "sum", world_size)
+    monitored = {} if args.monitor == "val_loss" else {"monitor": args.monitor, "best_metric": best_metric}
+    best_text = f"{best_metric:.4f}" if best_metric is not None else "n/a"
     if reason == "early_stop":
-        events.write("early_stop", step=state.global_step, best_val_loss=best_val_loss, best_checkpoint=best_checkpoint)
-        log(f"[early stop] step {state.global_step}: val_loss did not improve by > {args.min_delta} "
-            f"in {args.patience} evaluations; best {best_val_loss:.4f} at {best_checkpoint}")
+        events.write("early_stop", step=state.global_step, best_val_loss=best_val_loss, **monitored,
+                     best_checkpoint=best_checkpoint, patience=args.patience)
+        log(f"[early stop] step {state.global_step}: {args.monitor} did not improve by > {args.min_delta} "
+            f"in {args.patience} evaluations; best {best_text} at {best_checkpoint}")
     if reason == "preempted":
         saved = output_dir / f"checkpoint-{state.global_step}"
         events.write("preempt_saved", step=state.global_step, checkpoint=str(saved), signal=preemption.signal_name)
         log(f"[preempt] checkpoint saved at {saved}; exiting 0 so the job script can requeue")
-    end = events.write("end", reason=reason, step=state.global_step, best_val_loss=best_val_loss,
+    end = events.write("end", reason=reason, step=state.global_step, best_val_loss=best_val_loss, **monitored,
                        best_checkpoint=best_checkpoint, best_dir=str(best_dir) if best_dir else None,
                        peak_rss_mb=round(rss, 1), train_seconds=round(time.perf_counter() - started, 2))
     if is_main:
         (output_dir / END_RECORD).write_text(json.dumps(end, indent=2) + "\n", encoding="utf-8")
-    best_text = f"{best_val_loss:.4f}" if best_val_loss is not None else "n/a"
-    log(f"[end] {reason} at step {state.global_step}; best val_loss {best_text} ({best_checkpoint}); "
+    log(f"[end] {reason} at step {state.global_step}; best {args.monitor} {best_text} ({best_checkpoint}); "
         f"peak RSS {rss:.0f} MB")
     close_process_group()
     return 0
+
+
+def _loss_at(state, checkpoint: str | None) -> float | None:
+    """The validation loss logged at the best checkpoint's step (the best of the monitored metric, not of the loss)."""
+    if not checkpoint:
+        return None
+    try:
+        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    for entry in state.log_history:
+        if entry.get("step") == step and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    return None
 
 
 def close_process_group() -> None:
