@@ -40,14 +40,14 @@ TASK_REFUSED: List[keys.Rule] = [
     ("data.prompt_template_no_input", lambda v: v is not None, "Prompt templates are for task=sft."),
     ("data.chat_template", bool, "Chat templates are for task=sft."),
     ("model.build_chat_template", lambda v: v is not None, "Chat templates are for task=sft."),
-    ("model.answer_only_loss", lambda v: v is not True, "A task's loss is its head's (labels, tags or a/b/tie)."),
-    ("model.data.train_ds.label_key", lambda v: v != "output", "A task's label column is mapped with "
+    ("model.answer_only_loss", None, "A task's loss is its head's (labels, tags or a/b/tie)."),
+    ("model.data.train_ds.label_key", None, "A task's label column is mapped with "
      "data.columns.label=<column>."),
     ("model.data.train_ds.packed_sequence", bool, "Packing is for task=sft; a task batches whole rows."),
-    ("model.data.validation_ds.metric.name", lambda v: v != "loss", "A task reports its own metrics at validation "
+    ("model.data.validation_ds.metric.name", None, "A task reports its own metrics at validation "
      "(choose one with exp_manager.early_stopping_callback_params.monitor, e.g. val_f1)."),
-    ("model.data.test_ds.tokens_to_generate", lambda v: v != 10, "A task generates no text."),
-    ("model.data.validation_ds.tokens_to_generate", lambda v: v != 10, "A task generates no text."),
+    ("model.data.test_ds.tokens_to_generate", None, "A task generates no text."),
+    ("model.data.validation_ds.tokens_to_generate", None, "A task generates no text."),
 ]
 
 

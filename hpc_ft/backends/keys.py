@@ -8,7 +8,7 @@ tests/core/test_every_key.py walks every leaf key for both backends and holds th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from omegaconf import DictConfig
 
@@ -116,8 +116,8 @@ def select(spec: Any, key: str) -> Any:
     return node
 
 
-#: (key, is it set away from what the backend can do?, fix)
-Rule = Tuple[str, Callable[[Any], bool], str]
+#: (key, is it set away from what the backend can do? (None: away from the schema's default), fix)
+Rule = Tuple[str, Optional[Callable[[Any], bool]], str]
 
 
 def refuse(spec: DictConfig, backend: str, rules: Iterable[Rule]) -> None:
@@ -129,6 +129,10 @@ def refuse_for(spec: DictConfig, who: str, rules: Iterable[Rule]) -> None:
     """Raise one UserError line for the first key that `who` (a backend, a task) cannot honour."""
     for key, bad, fix in rules:
         value = select(spec, key)
+        if bad is None:
+            from hpc_ft.compose.schema import schema_default
+
+            bad = schema_default(key).__ne__
         if bad(value):
             raise UserError(f"{key}={value}: {who} does not use this key. {fix}")
 

@@ -249,7 +249,7 @@ def hydra_compose(overrides: List[str]) -> DictConfig:
     udir = user_conf_dir()
     roots = [conf_dir()] + ([udir] if udir and udir.is_dir() else [])
     key = _cache_key(overrides, roots)
-    cached = _cache_get(key)
+    cached = _cache_get(key) if overrides else _base_get(key)  # no overrides: the base, kept once
     if cached is not None:
         return cached
     fast = _compose_on_base(overrides, roots)
@@ -257,8 +257,9 @@ def hydra_compose(overrides: List[str]) -> DictConfig:
         _cache_put(key, fast)
         return fast
     cfg = _hydra_compose_uncached(overrides, roots, udir)
-    _cache_put(key, cfg)
-    if not overrides:
+    if overrides:
+        _cache_put(key, cfg)
+    else:
         _base_put(key, cfg)
     return cfg
 
@@ -321,10 +322,7 @@ def _compose_on_base(overrides: List[str], roots) -> Optional[DictConfig]:
     base_key = _cache_key([], roots)
     base = _base_get(base_key)
     if base is None:
-        base = _cache_get(base_key)
-        if base is None:
-            return None  # the first composition ever: Hydra composes it (and the base is kept then)
-        _base_put(base_key, base)
+        return None  # the first composition ever: Hydra composes it (and the base is kept then)
     OmegaConf.set_struct(base, True)
     missing = object()
     try:

@@ -45,10 +45,6 @@ class SpecView(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def plain(self) -> Dict[str, Any]:
-        """The same values as plain dicts and lists (for YAML/JSON writers that dispatch on exact types)."""
-        return _plain(self)
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):

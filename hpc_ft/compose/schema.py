@@ -291,3 +291,15 @@ class JobSpec:
     task: TaskConf = field(default_factory=TaskConf)
     sweep: SweepConf = field(default_factory=SweepConf)
     secrets: List[str] = field(default_factory=list)
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of a dotted key (`model.data.test_ds.tokens_to_generate` -> 10)."""
+    import dataclasses
+
+    node: Any = JobSpec()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            raise KeyError(key)
+        node = getattr(node, part)
+    return node

@@ -152,3 +152,15 @@ def test_track_submit_and_sweep_ask_the_backend_and_never_compare_its_name():
                     offenders.append(f"{path.relative_to(PKG.parent)}:{n}: {line.strip()}")
     assert offenders == []
     assert BACKEND_NAME.search('if spec.backend.name == "nemo":') and BACKEND_NAME.search("'hf' != backend")
+
+
+def test_code_after_compose_reads_specs_by_attribute_only():
+    """A single run's spec is a DictConfig, a sweep point's a SpecView: what reads specs after compose uses
+    no OmegaConf API, so one code path serves both (submit/rundir.ConfigYaml takes either)."""
+    offenders = []
+    for package in ("render", "plan", "backends", "sweep", "data", "tasks"):
+        for path in (PKG / package).rglob("*.py"):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if "OmegaConf." in line.split("#", 1)[0]:
+                    offenders.append(f"{path.relative_to(PKG.parent)}:{n}: {line.strip()}")
+    assert offenders == []
