@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpc_ft.track.nemo_log import NemoLogParser, parse_nemo_log  # noqa: E402
+from hpc_ft.track.job_log import JobLogParser, parse_job_log  # noqa: E402
 
 CK = "/home/user/hpc-ft/runs/elyza_7b_ptuning/20240606-160501-a1b2/nemo/elyza_7b_ptuning/checkpoints"
 PFX = "megatron_gpt_peft_ptuning_tuning"
@@ -99,7 +99,7 @@ def _time(fn, repeat: int) -> tuple[float, object]:
 
 
 def _incremental(path: Path, chunk: int = 1 << 20):
-    parser = NemoLogParser()
+    parser = JobLogParser()
     events = []
     with open(path, "rb") as f:
         while data := f.read(chunk):
@@ -110,7 +110,7 @@ def _incremental(path: Path, chunk: int = 1 << 20):
 
 def bench(path: Path, repeat: int, label: str) -> None:
     mb = path.stat().st_size / 2**20
-    whole_s, whole = _time(lambda: parse_nemo_log(path), repeat)
+    whole_s, whole = _time(lambda: parse_job_log(path), repeat)
     inc_s, inc = _time(lambda: _incremental(path), repeat)
     same = "same events" if inc == whole else "EVENTS DIFFER"
     print(f"{label}: {mb:.1f} MiB, {len(whole)} events ({same})")

@@ -377,12 +377,12 @@ class NemoBackend:
         from pathlib import Path
 
         from hpc_ft.track.nemo_checkpoints import slurm_default_logs
-        from hpc_ft.track.nemo_log import parse_nemo_log
+        from hpc_ft.track.job_log import parse_job_log
 
         logs = [p for p in (Path(run_dir) / "logs" / "job.out", Path(run_dir) / "logs" / "job.err") if p.exists()]
         events = []
         for p in logs or slurm_default_logs(run_dir):  # hpc-ft's logs, or a tutorial folder's slurm-<jobid>.out
-            events += parse_nemo_log(p)
+            events += parse_job_log(p)
         return events
 
     def peak_memory_mb(self, run_dir):

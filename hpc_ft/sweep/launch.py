@@ -142,7 +142,7 @@ def _resources(sbatch: Sequence[str]) -> List[str]:
 
 
 def _oom_markers() -> List[str]:
-    from hpc_ft.track.nemo_log import GPU_OOM_MARKERS
+    from hpc_ft.track.job_log import GPU_OOM_MARKERS
 
     return list(GPU_OOM_MARKERS)
 

@@ -47,7 +47,7 @@ from hpc_ft.track.events import (
     Progress,
     split_attempts,
 )
-from hpc_ft.track.nemo_log import clean_line, parse_nemo_log
+from hpc_ft.track.job_log import clean_line, parse_job_log
 
 REQUEUE_CAUSES: frozenset[EndCause] = frozenset({EndCause.TIMEOUT, EndCause.PREEMPTED})
 
@@ -154,7 +154,7 @@ def explain_end(
     attempt = last_attempt(events)
     failures = [e for e in attempt if isinstance(e, Failure)]
     if not failures and log_tail:
-        failures = [e for e in last_attempt(parse_nemo_log(log_tail.encode())) if isinstance(e, Failure)]
+        failures = [e for e in last_attempt(parse_job_log(log_tail.encode())) if isinstance(e, Failure)]
         attempt = attempt + failures
 
     if exit_code is not None:

@@ -1,6 +1,6 @@
 """The events every log/event-file parser emits, and the end causes a run can be classified into.
 
-Parsers (``nemo_log``, ``hf_events``) turn framework output into a list of these small frozen
+Parsers (``job_log``, ``hf_events``) turn framework output into a list of these small frozen
 dataclasses, in the order things happened. ``causes.classify_end`` and ``run_state`` read only
 these types, so a new backend needs one parser and nothing else.
 

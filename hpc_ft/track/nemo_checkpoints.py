@@ -379,7 +379,7 @@ def _rank0_events(log_dir: Path, reader) -> tuple[list, list[Path]]:
     files = nemo_exp_dir(log_dir).rank0_logs()
     events: list = []
     for p in files:
-        parsed = reader.nemo_log(p)
+        parsed = reader.job_log(p)
         if events and not (parsed and isinstance(parsed[0], AttemptStarted)):
             events.append(AttemptStarted("nemo"))
         events.extend(parsed)

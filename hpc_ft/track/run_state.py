@@ -49,7 +49,7 @@ from hpc_ft.track.events import (
 from hpc_ft.backends.base import BACKEND_NAMES, get_backend
 from hpc_ft.track.hf_events import HfEventsReader, read_hf_events
 from hpc_ft.track.nemo_checkpoints import parse_checkpoint_name, slurm_default_logs
-from hpc_ft.track.nemo_log import NemoLogParser, log_tail, parse_nemo_log
+from hpc_ft.track.job_log import JobLogParser, log_tail, parse_job_log
 from hpc_ft.track.tensorboard import TbScalarsReader, find_event_files, read_tb_events
 
 SLURM_LOGS = ("job.out", "job.err")
@@ -134,8 +134,8 @@ def _tail(files: list[Path], lines: int) -> str:
 class EventSources:
     """How ``state_from_run_dir`` reads event files: each file parsed whole, on every call."""
 
-    def nemo_log(self, path: Path) -> list[Event]:
-        return parse_nemo_log(path)
+    def job_log(self, path: Path) -> list[Event]:
+        return parse_job_log(path)
 
     def hf_events(self, path: Path, base_dir: Path) -> list[Event]:
         return read_hf_events(path, base_dir)
@@ -159,12 +159,12 @@ class IncrementalSources(EventSources):
 
     def __init__(self) -> None:
         self.bytes_read = 0
-        self._logs: dict[Path, tuple[NemoLogParser, list[Event]]] = {}
+        self._logs: dict[Path, tuple[JobLogParser, list[Event]]] = {}
         self._hf: dict[Path, tuple[HfEventsReader, list[Event]]] = {}
         self._tb = TbScalarsReader()
 
-    def nemo_log(self, path: Path) -> list[Event]:
-        parser, events = self._logs.get(path) or (NemoLogParser(), [])
+    def job_log(self, path: Path) -> list[Event]:
+        parser, events = self._logs.get(path) or (JobLogParser(), [])
         offset, head = parser.offset, parser.head
         try:
             new = parser.feed_file(path)
@@ -214,7 +214,7 @@ def _slurm_log_events(run_dir: Path, sources: EventSources) -> tuple[list[list[E
             paths.append(p)
     if not paths:
         paths = slurm_default_logs(run_dir)
-    return [sources.nemo_log(p) for p in paths], paths
+    return [sources.job_log(p) for p in paths], paths
 
 
 def _predictions_accuracy(run_dir: Path, notes: list[str]) -> tuple[float | None, float | None]:

@@ -13,7 +13,7 @@ from hpc_ft.errors import UserError
 from hpc_ft.submit import rundir as rd
 from hpc_ft.submit.launch import render_scripts
 from hpc_ft.sweep.launch import launch_sweep
-from hpc_ft.track.nemo_log import GPU_OOM_MARKERS
+from hpc_ft.track.job_log import GPU_OOM_MARKERS
 
 
 def _dry_json(cli, *overrides):

@@ -24,7 +24,7 @@ from hpc_ft.track.events import (
     ValLoss,
     split_attempts,
 )
-from hpc_ft.track.nemo_log import NemoLogParser, clean_line, log_tail, parse_nemo_log
+from hpc_ft.track.job_log import JobLogParser, clean_line, log_tail, parse_job_log
 
 BAR = "Epoch 0: :  60%|██████    | {n}/10000 [4:26:54<2:56:09, v_num=0, reduced_train_loss={loss}, global_step={gs}.0, consumed_samples={cs}.0, train_step_timing in s=2.590{val}]"
 
@@ -55,7 +55,7 @@ TUTORIAL = (
 
 
 def test_tutorial_end_of_training_gives_one_early_stop_and_the_restored_best():
-    events = parse_nemo_log(TUTORIAL)
+    events = parse_job_log(TUTORIAL)
     assert events == [
         ValLoss(6024, 0.0917),
         Progress(6024, 10000, 0.0252, 0.0917, 2.59, 96384.0, None, 0),
@@ -85,14 +85,14 @@ def test_val_loss_changes_in_the_middle_of_a_progress_stream_are_all_kept():
         + bar(600, val="0.512")  # back to an earlier value: still a change
         + bar(700, val="0.512")
     )
-    events = parse_nemo_log(text)
+    events = parse_job_log(text)
     assert [e for e in events if isinstance(e, ValLoss)] == [ValLoss(200, 0.512), ValLoss(400, 0.43), ValLoss(600, 0.512)]
     assert events[-1].step == 700  # the final progress
 
 
 def test_early_stop_and_failure_events_carry_the_step_they_happened_at():
     text = bar(10) + bar(11) + "\n" + bar(12) + "\nRuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity)\n"
-    events = parse_nemo_log(text)
+    events = parse_job_log(text)
     progress = [e for e in events if isinstance(e, Progress)]
     failure = next(e for e in events if isinstance(e, Failure))
     assert progress[-1].step == 12
@@ -145,7 +145,7 @@ def test_early_stop_and_failure_events_carry_the_step_they_happened_at():
     ],
 )
 def test_failure_markers(line, expected):
-    events = parse_nemo_log(f"{line}\n")
+    events = parse_job_log(f"{line}\n")
     assert [e.cause for e in events if isinstance(e, Failure)] == [expected]
 
 
@@ -159,12 +159,12 @@ def test_failure_markers(line, expected):
     ],
 )
 def test_harmless_lines_give_no_event(line):
-    assert parse_nemo_log(f"{line}\n") == []
+    assert parse_job_log(f"{line}\n") == []
 
 
 def test_hydra_error_after_training_started_is_a_runtime_error_not_a_config_error():
-    before = parse_nemo_log("Error executing job with overrides: []\n")
-    after = parse_nemo_log(bar(5) + "\nError executing job with overrides: []\n")
+    before = parse_job_log("Error executing job with overrides: []\n")
+    after = parse_job_log(bar(5) + "\nError executing job with overrides: []\n")
     assert [e.cause for e in before if isinstance(e, Failure)] == [EndCause.CONFIG_ERROR]
     assert [e.cause for e in after if isinstance(e, Failure)] == [EndCause.ERROR]
 
@@ -181,7 +181,7 @@ def test_fit_loop_and_callback_markers():
         + "Epoch 0, global step 500: saving model to '/r/checkpoints/mp_rank_01/p--step=500.ckpt'\n"
         + "[NeMo I 2024-06-07 21:05:09 exp_manager:450] Resuming training from checkpoint: /r/checkpoints/p--validation_loss=0.622-step=1500-consumed_samples=12000.0-last.ckpt\n"
     )
-    kinds = [e for e in parse_nemo_log(text) if not isinstance(e, Progress)]
+    kinds = [e for e in parse_job_log(text) if not isinstance(e, Progress)]
     assert kinds == [
         MaxStepsReached(1000),
         MaxStepsReached(None, 3),
@@ -196,19 +196,19 @@ def test_fit_loop_and_callback_markers():
 def test_restoring_before_the_end_of_fit_is_a_resume_after_it_the_best():
     resume = "Restoring states from the checkpoint path at /r/checkpoints/p--validation_loss=0.5-step=10-consumed_samples=80.0-last.ckpt\n"
     best = "Restoring states from the checkpoint path at /r/checkpoints/p--validation_loss=0.4-step=8-consumed_samples=64.0.ckpt\n"
-    events = parse_nemo_log(resume + bar(20) + "\n`Trainer.fit` stopped: `max_steps=20` reached.\n" + best)
+    events = parse_job_log(resume + bar(20) + "\n`Trainer.fit` stopped: `max_steps=20` reached.\n" + best)
     assert isinstance(events[0], Resumed)
     assert isinstance(events[-1], BestRestored)
 
 
 def test_ansi_codes_and_rank_prefixes_are_removed_from_failure_lines():
-    events = parse_nemo_log("\x1b[31m[rank3]: torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\x1b[0m\n")
+    events = parse_job_log("\x1b[31m[rank3]: torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\x1b[0m\n")
     assert events == [Failure(EndCause.GPU_OOM, "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")]
     assert clean_line("0: [rank: 1] Monitored metric") == "Monitored metric"
 
 
 def test_newer_nemo_progress_format_without_brackets():
-    events = parse_nemo_log("\rEpoch 0: 1200/5000, v_num=3, reduced_train_loss=0.731, global_step=1199.0, consumed_samples=9600.0, val_loss=0.8\n")
+    events = parse_job_log("\rEpoch 0: 1200/5000, v_num=3, reduced_train_loss=0.731, global_step=1199.0, consumed_samples=9600.0, val_loss=0.8\n")
     assert Progress(1200, 5000, 0.731, 0.8, None, 9600.0, None, 0) in events
 
 
@@ -220,9 +220,9 @@ def test_one_start_up_gives_one_attempt_and_a_restart_gives_another():
         "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/4\n"
         "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/4\n"
     )
-    one = parse_nemo_log(start + bar(10) + "\n")
+    one = parse_job_log(start + bar(10) + "\n")
     assert sum(isinstance(e, AttemptStarted) for e in one) == 1
-    two = parse_nemo_log(start + bar(10) + "\n" + start.replace("restart=0", "restart=1") + bar(12) + "\n")
+    two = parse_job_log(start + bar(10) + "\n" + start.replace("restart=0", "restart=1") + bar(12) + "\n")
     attempts = split_attempts(two)
     assert len(attempts) == 2
     assert [e.step for e in attempts[0] if isinstance(e, Progress)] == [10]
@@ -231,15 +231,15 @@ def test_one_start_up_gives_one_attempt_and_a_restart_gives_another():
 
 def test_progress_is_sampled_through_a_long_log():
     text = "".join(bar(n, loss=f"{1 / n:.3g}") for n in range(1, 3001)) + "\n"
-    events = parse_nemo_log(text, sample_bytes=16384)
+    events = parse_job_log(text, sample_bytes=16384)
     steps = [e.step for e in events if isinstance(e, Progress)]
     assert len(steps) >= len(text.encode()) // 16384
     assert steps == sorted(steps) and steps[-1] == 3000
-    assert parse_nemo_log(text, sample_bytes=0) == [events[-1]]
+    assert parse_job_log(text, sample_bytes=0) == [events[-1]]
 
 
 def test_progress_property_sees_the_update_still_waiting_for_its_terminator():
-    parser = NemoLogParser()
+    parser = JobLogParser()
     parser.feed((bar(5) + bar(6)).encode())
     assert parser.progress.step == 6
 
@@ -269,7 +269,7 @@ def _synthetic_log() -> bytes:
 def test_incremental_feed_equals_whole_parse_for_any_chunk_boundaries(source):
     data = _synthetic_log() if source == "synthetic" else source.read_bytes()
     sample = 4096  # small, so sampling boundaries fall inside chunks too
-    parser = NemoLogParser(sample_bytes=sample)
+    parser = JobLogParser(sample_bytes=sample)
     whole = parser.feed(data) + parser.finish()
     assert whole, "the log gave no events"
     rng = random.Random(hash(str(source)) & 0xFFFF)
@@ -278,7 +278,7 @@ def test_incremental_feed_equals_whole_parse_for_any_chunk_boundaries(source):
         if rng.random() < 0.3:  # also tiny chunks around a cut
             c = rng.randrange(1, len(data) - 8)
             cuts = sorted(set(cuts) | {c, c + 1, c + 2, c + 5})
-        parser = NemoLogParser(sample_bytes=sample)
+        parser = JobLogParser(sample_bytes=sample)
         events = []
         prev = 0
         for cut in cuts + [len(data)]:
@@ -290,13 +290,13 @@ def test_incremental_feed_equals_whole_parse_for_any_chunk_boundaries(source):
 
 def test_state_saved_mid_stream_resumes_to_the_same_events():
     data = _synthetic_log()
-    parser = NemoLogParser(sample_bytes=4096)
+    parser = JobLogParser(sample_bytes=4096)
     whole = parser.feed(data) + parser.finish()
-    first = NemoLogParser(sample_bytes=4096)
+    first = JobLogParser(sample_bytes=4096)
     mid = len(data) // 2 + 13
     events = first.feed(data[:mid])
     state = json.loads(json.dumps(first.snapshot()))
-    resumed = NemoLogParser.from_snapshot(state)
+    resumed = JobLogParser.from_snapshot(state)
     assert resumed.offset == mid
     events += resumed.feed(data[resumed.offset :]) + resumed.finish()
     assert events == whole
@@ -305,7 +305,7 @@ def test_state_saved_mid_stream_resumes_to_the_same_events():
 def test_feed_file_reads_only_new_bytes_and_restarts_on_a_replaced_file(tmp_path):
     log = tmp_path / "job.err"
     log.write_text(bar(1) + bar(2) + "\n")
-    parser = NemoLogParser()
+    parser = JobLogParser()
     parser.feed_file(log)
     assert parser.offset == log.stat().st_size and parser.progress.step == 2
     with open(log, "a") as f:
@@ -327,12 +327,12 @@ def test_log_tail_shows_the_last_redraw_of_each_line_without_ansi(tmp_path):
 def test_path_and_text_sources_parse_the_same(tmp_path):
     log = tmp_path / "job.err"
     log.write_text(TUTORIAL)
-    assert parse_nemo_log(log) == parse_nemo_log(str(log)) == parse_nemo_log(TUTORIAL) == parse_nemo_log(TUTORIAL.encode())
+    assert parse_job_log(log) == parse_job_log(str(log)) == parse_job_log(TUTORIAL) == parse_job_log(TUTORIAL.encode())
 
 
 def test_a_sample_just_after_an_update_starts_takes_that_update():
     text = (bar(1) + bar(2) + bar(3) + "\n").encode()
     start_of_2 = text.index(b"Epoch", text.index(b"Epoch") + 1)
     for delta in (1, 3, 5, 6):
-        steps = [e.step for e in parse_nemo_log(text, sample_bytes=start_of_2 + delta) if isinstance(e, Progress)]
+        steps = [e.step for e in parse_job_log(text, sample_bytes=start_of_2 + delta) if isinstance(e, Progress)]
         assert steps[0] == 2, delta

@@ -1,9 +1,11 @@
-"""Parses NeMo 1.x / Lightning console logs (Slurm job.out / job.err) into track events.
+"""Parses a job's console log (Slurm job.out / job.err of any backend, NeMo's rank-0 log) into track events:
+hpc-ft's attempt markers, the failures torch, CUDA, NCCL and Slurm print, and NeMo 1.x / Lightning's
+progress bar and messages (an hf job's progress comes from its events.jsonl, `hf_events.py`).
 
-``parse_nemo_log(path_or_text)`` parses a whole log; ``NemoLogParser`` does the same
+``parse_job_log(path_or_text)`` parses a whole log; ``JobLogParser`` does the same
 incrementally: ``feed(chunk)`` takes bytes as they arrive and returns the new events, keeping
 only the unfinished last segment (a few hundred bytes) between calls, so following a log costs
-the same whatever its size. ``snapshot()`` / ``NemoLogParser.from_snapshot()`` save and resume
+the same whatever its size. ``snapshot()`` / ``JobLogParser.from_snapshot()`` save and resume
 the state at a byte offset. Any split of the input into chunks gives the same events as one feed.
 
 How the text is read (the markers are the exact strings from NeMo, Lightning, torch and Slurm;
@@ -243,7 +245,7 @@ def _marker_ranges(buf: bytes, lo: int, hi: int, final: bool):
         pos = end
 
 
-class NemoLogParser:
+class JobLogParser:
     """Incremental NeMo log parser: ``feed`` bytes, get events; ``finish`` at the end of the log.
 
     ``offset`` is the number of bytes fed so far; a follower reads the file from there.
@@ -348,9 +350,9 @@ class NemoLogParser:
         }
 
     @classmethod
-    def from_snapshot(cls, state: dict) -> "NemoLogParser":
+    def from_snapshot(cls, state: dict) -> "JobLogParser":
         if state.get("version") != 1:
-            raise ValueError(f"unknown NemoLogParser snapshot version {state.get('version')!r}")
+            raise ValueError(f"unknown JobLogParser snapshot version {state.get('version')!r}")
         parser = cls(state["sample_bytes"], state["max_carry"])
         parser.offset = state["offset"]
         parser.head = state["head"].encode("latin-1")
@@ -592,10 +594,10 @@ def _read_source(source: str | bytes | os.PathLike) -> bytes | Path:
     return Path(source)
 
 
-def parse_nemo_log(source: str | bytes | os.PathLike, chunk_size: int = 16 << 20, sample_bytes: int = 16384) -> list[Event]:
+def parse_job_log(source: str | bytes | os.PathLike, chunk_size: int = 16 << 20, sample_bytes: int = 16384) -> list[Event]:
     """Parse a whole NeMo log. ``source``: a path (``os.PathLike``, or a ``str`` without line
     breaks) or the log text itself (``bytes``, or a ``str`` with line breaks)."""
-    parser = NemoLogParser(sample_bytes=sample_bytes)
+    parser = JobLogParser(sample_bytes=sample_bytes)
     data = _read_source(source)
     events: list[Event] = []
     if isinstance(data, bytes):
