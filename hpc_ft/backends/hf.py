@@ -12,7 +12,7 @@ from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names 
     ALL_LINEAR, HF_OPTIM_DEFAULTS, NEMO_TARGET_ROLES, PEFT_SCHEMES, eval_interval, lora_names, lora_targets, max_steps,
     optim_value, optimizer_keys, paths)
 from hpc_ft.backends.keys import Rule
-from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.backends.launch import in_container, python_exe, python_module_step
 from hpc_ft.errors import UserError, did_you_mean
 from hpc_ft.models.family import job_family
 from hpc_ft.plan.arch import FAMILIES
@@ -156,11 +156,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
         args += ["--packed-sequence"]
     elif spec.backend.get("group_by_length") is False:
         args += ["--group-by-length", "off"]
-    if t.devices * t.num_nodes > 1:
-        cmd = distributed(spec, [TRAIN_MODULE] + args, module=True)
-    else:
-        cmd = [py, "-m", TRAIN_MODULE] + args
-    steps.append(Step("train", multinode_prefix(spec) + in_container(spec, cmd)))
+    steps.append(python_module_step(spec, "train", TRAIN_MODULE, args))
     return steps
 
 

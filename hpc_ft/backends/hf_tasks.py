@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from hpc_ft.backends import hf_layout as hf
 from hpc_ft.backends import keys
-from hpc_ft.backends.launch import distributed, in_container, multinode_prefix, python_exe
+from hpc_ft.backends.launch import in_container, python_exe, python_module_step
 from hpc_ft.models.family import job_family
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
@@ -99,11 +99,7 @@ def train_steps(spec: DictConfig, run_dir: str) -> List[Step]:
     ]
     if spec.backend.threads:
         args += ["--threads", spec.backend.threads]
-    if t.devices * t.num_nodes > 1:
-        cmd = distributed(spec, [TRAIN_MODULE] + args, module=True)
-    else:
-        cmd = [py, "-m", TRAIN_MODULE] + args
-    steps.append(Step("train", multinode_prefix(spec) + in_container(spec, cmd)))
+    steps.append(python_module_step(spec, "train", TRAIN_MODULE, args))
     return steps
 
 

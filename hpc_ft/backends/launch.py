@@ -68,6 +68,19 @@ def multinode_prefix(spec: DictConfig) -> List[Token]:
     return get_executor(spec).multinode_launcher(int(spec.trainer.num_nodes))
 
 
+def python_module_step(spec: DictConfig, name: str, module: str, args: List[Token]):
+    """A step running `python -m module args`: under torch.distributed.run when the job has several ranks, in the
+    container, behind the executor's multi-node launcher."""
+    from hpc_ft.render import Step
+
+    t = spec.trainer
+    if t.devices * t.num_nodes > 1:
+        cmd = distributed(spec, [module] + args, module=True)
+    else:
+        cmd = [python_exe(spec), "-m", module] + args
+    return Step(name, multinode_prefix(spec) + in_container(spec, cmd))
+
+
 def prologue(spec: DictConfig) -> List[str]:
     """Shell lines a job needs before its steps: the rendezvous host of a multi-node job."""
     from hpc_ft.executors import get_executor

@@ -190,11 +190,6 @@ def predictions_prefix(spec: DictConfig, run_dir: str) -> str:
     return os.path.join(run_dir, "predictions", spec.exp_manager.name)
 
 
-def predictions_files(spec: DictConfig, run_dir: str) -> List[str]:
-    prefix = predictions_prefix(spec, run_dir)
-    return [f"{prefix}_test_{name}_inputs_preds_labels.jsonl" for name in spec.model.data.test_ds.names]
-
-
 def _render(overrides: List[Tuple[str, Any]], extra) -> List[str]:
     return [f"{k}={nemo_value(v)}" for k, v in overrides] + [str(x) for x in extra]
 

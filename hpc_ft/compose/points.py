@@ -238,22 +238,8 @@ def _related(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-def _entangled(key: str, refs: Dict[str, Set[str]]) -> bool:
-    """True when some interpolation (directly or through others) depends on `key`."""
-    affected = {key}
-    changed = True
-    while changed:
-        changed = False
-        for path, toks in refs.items():
-            if path not in affected and any(_related(t, s) for t in toks for s in affected):
-                affected.add(path)
-                changed = True
-    return len(affected) > 1
-
-
-def _affected_order(keys: Sequence[str], refs: Dict[str, Set[str]]) -> Optional[List[str]]:
-    """The interpolations that depend on `keys` (directly or through each other), dependencies first;
-    None for a cycle."""
+def _affected(keys: Sequence[str], refs: Dict[str, Set[str]]) -> Set[str]:
+    """`keys` and every interpolation that depends on them, directly or through others."""
     affected = set(keys)
     changed = True
     while changed:
@@ -262,6 +248,18 @@ def _affected_order(keys: Sequence[str], refs: Dict[str, Set[str]]) -> Optional[
             if path not in affected and any(_related(t, s) for t in toks for s in affected):
                 affected.add(path)
                 changed = True
+    return affected
+
+
+def _entangled(key: str, refs: Dict[str, Set[str]]) -> bool:
+    """True when some interpolation (directly or through others) depends on `key`."""
+    return len(_affected([key], refs)) > 1
+
+
+def _affected_order(keys: Sequence[str], refs: Dict[str, Set[str]]) -> Optional[List[str]]:
+    """The interpolations that depend on `keys` (directly or through each other), dependencies first;
+    None for a cycle."""
+    affected = _affected(keys, refs)
     todo = [p for p in refs if p in affected and p not in keys]
     order: List[str] = []
     while todo:

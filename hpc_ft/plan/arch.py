@@ -190,14 +190,6 @@ class ModelArch:
         multiple = divisible_by * max(1, tp)
         return int(math.ceil(self.vocab / multiple) * multiple)
 
-    def describe(self) -> str:
-        gqa = f", {self.kv_heads} kv heads (GQA)" if self.kv_heads != self.heads else ""
-        return (
-            f"{self.name or self.family}: {self.num_params / 1e9:.2f} B params, {self.num_layers} layers, "
-            f"hidden {self.hidden}, {self.heads} heads{gqa}, ffn {self.ffn_hidden}, vocab {self.vocab}"
-        )
-
-
 def _read_config(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(source, Mapping):
         return dict(source), "<config dict>"

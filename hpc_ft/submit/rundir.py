@@ -164,23 +164,6 @@ def read_run_json(run_dir: Path) -> Dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
-def update_run_json(run_dir: Path, **fields: Any) -> Dict[str, Any]:
-    rec = read_run_json(run_dir)
-    rec.update(fields)
-    write_run_json(run_dir, rec)
-    return rec
-
-
-def file_sha256(path: str) -> Optional[str]:
-    if not os.path.isfile(path):
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def code_version() -> str:
     """hpc-ft's version, plus the git commit when running from a checkout (read from .git, no subprocess)."""
     from hpc_ft import __version__

@@ -41,7 +41,3 @@ def task_def(name: str) -> TaskDef:
     if name not in TASKS:
         raise UserError(f"task={name}: not one of {', '.join(ALL_TASKS)}.{did_you_mean(name, ALL_TASKS)}")
     return TASKS[name]
-
-
-def is_sft(spec) -> bool:
-    return spec.task.name == "sft"

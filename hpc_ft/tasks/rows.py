@@ -142,10 +142,5 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: Path) -> List[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def as_dict(columns) -> Dict[str, str]:
     return {str(k): str(v) for k, v in (columns or {}).items()}

@@ -276,8 +276,3 @@ def classify_end(
 ) -> EndCause:
     """The end cause only; see ``explain_end``."""
     return explain_end(slurm_state, exit_code, events, log_tail, require_artifact=require_artifact).cause
-
-
-def is_requeueable(cause: EndCause) -> bool:
-    return cause in REQUEUE_CAUSES
-

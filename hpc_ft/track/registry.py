@@ -184,13 +184,5 @@ class Registry:
         r = self._conn.execute("SELECT * FROM sweeps ORDER BY created DESC LIMIT 1").fetchone()
         return dict(r) if r else None
 
-    def job_ids_since(self, since: float) -> Dict[str, str]:
-        """job id -> run id for every run created after `since` (what `--reconcile` already knows)."""
-        known: Dict[str, str] = {}
-        for run_id, ids in self._conn.execute("SELECT run_id, job_ids FROM runs WHERE created >= ?", (since,)):
-            for j in json.loads(ids):
-                known[str(j)] = run_id
-        return known
-
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

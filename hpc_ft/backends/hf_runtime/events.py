@@ -52,3 +52,20 @@ def peak_rss_mb() -> float:
 def say(message: str) -> None:
     """One human-readable progress line on stdout, flushed so Slurm logs show it at once."""
     print(message, flush=True)
+
+
+def eval_main(name: str, parser, run, argv) -> int:
+    """An eval program's entry (generate, task_eval): run(args); any failure is written as an `error` event;
+    a user's mistake (UserError) is one line on stderr and exit code 2, anything else its traceback."""
+    from hpc_ft.errors import UserError
+
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except Exception as exc:
+        EventLog(args.events).write("error", type=type(exc).__name__, message=str(exc)[:2000])
+        if not isinstance(exc, UserError):
+            raise
+        print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0

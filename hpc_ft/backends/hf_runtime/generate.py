@@ -171,18 +171,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpc_ft.backends.hf_runtime.events import EventLog
+    from hpc_ft.backends.hf_runtime.events import eval_main
 
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except Exception as exc:
-        EventLog(args.events).write("error", type=type(exc).__name__, message=str(exc)[:2000])
-        if not isinstance(exc, UserError):
-            raise
-        print(f"generate: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return eval_main("generate", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ callbacks (events, preemption) and checkpoint helpers of the SFT runtime. Run as
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -61,30 +60,12 @@ def load_task_model(model_dir: str, task: str, labels: list[str], peft: str, lor
 
 
 def run(args: argparse.Namespace) -> int:
-    from hpc_ft.backends.hf_runtime.callbacks import PreemptionCallback
-    from hpc_ft.backends.hf_runtime.events import EventLog, say
+    return sft.run_training(args, _train, _check)
 
-    world_size = sft.world_size_from_env()
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    events = EventLog(args.events, enabled=is_main)
-    log = say if is_main else (lambda message: None)
-    preemption = PreemptionCallback(world_size)
-    previous = preemption.install()
-    try:
-        import torch
 
-        has_cuda = torch.cuda.is_available()
-        sft.check_args(args, world_size, has_cuda)
-        if args.peft == "qlora":
-            raise UserError("--peft=qlora: not offered for classification heads; use --peft lora or none.")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return _train(args, world_size, is_main, has_cuda, preemption, events, log)
-    except Exception as exc:
-        events.write("error", type=type(exc).__name__, message=str(exc)[:2000])
-        raise
-    finally:
-        preemption.restore(previous)
+def _check(args: argparse.Namespace) -> None:
+    if args.peft == "qlora":
+        raise UserError("--peft=qlora: not offered for classification heads; use --peft lora or none.")
 
 
 def encode(args, tokenizer, labels: list[str], path: str, argument: str):

@@ -321,6 +321,13 @@ def resume_point(args, log) -> tuple[Path | None, dict | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Train as the arguments say; a failure leaves an `error` event before it propagates."""
+    return run_training(args, _train)
+
+
+def run_training(args: argparse.Namespace, train, check=None) -> int:
+    """SFT's and a task's start: this rank's place, the event log, the preemption handler, the arguments checked
+    (`check(args)` adds the program's own checks), then `train(args, world_size, is_main, has_cuda, preemption,
+    events, log)`; a failure leaves an `error` event before it propagates."""
     from hpc_ft.backends.hf_runtime.callbacks import PreemptionCallback
     from hpc_ft.backends.hf_runtime.events import EventLog, say
 
@@ -335,9 +342,11 @@ def run(args: argparse.Namespace) -> int:
 
         has_cuda = torch.cuda.is_available()
         check_args(args, world_size, has_cuda)
+        if check is not None:
+            check(args)
         if args.threads:
             torch.set_num_threads(args.threads)
-        return _train(args, world_size, is_main, has_cuda, preemption, events, log)
+        return train(args, world_size, is_main, has_cuda, preemption, events, log)
     except Exception as exc:
         events.write("error", type=type(exc).__name__, message=str(exc)[:2000])
         raise
