@@ -100,7 +100,7 @@ def plain_trainer(spec: dict) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+                              TrainerCallback, TrainingArguments, set_seed)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -117,6 +117,7 @@ def plain_trainer(spec: dict) -> dict:
                         "labels": [-100] * len(prompt) + answer})
     tokenized = time.time()
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    set_seed(spec["seed"])  # as hpc-ft's job does: the adapter starts from the same weights for the same seed
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "v_proj"]))
     loaded = time.time()
