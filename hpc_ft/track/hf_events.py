@@ -41,8 +41,12 @@ from hpc_ft.track.events import (
     PreemptSaved,
     Progress,
     TrainEnd,
+    RunFiles,
     ValLoss,
     ValScores,
+    last_value,
+    local_path,
+    merge_attempts,
 )
 
 # How an ``end`` record's reason maps to the events the classifier reads.
@@ -294,12 +298,10 @@ def scan_hf_checkpoints(directory: str | os.PathLike) -> HfCheckpointSummary:
 def read_hf_run(run_dir: Path, reader, sources: list, log_files: list[Path], **_):
     """An hf run's RunFiles: events.jsonl merged with the Slurm logs' events, and the Trainer checkpoints
     (the best as the end record names it, else by trainer_state.json)."""
-    from hpc_ft.track.events import RunFiles, last_value, local_path, merge_attempts
-
     events = merge_attempts(reader.hf_events(run_dir / "events.jsonl", run_dir), *sources)
     found = RunFiles(events=events, log_files=list(log_files))
-    hf = scan_hf_checkpoints(run_dir / "checkpoints")
     folder = run_dir / "checkpoints"
+    hf = scan_hf_checkpoints(folder)
     logged_best = last_value(events, TrainEnd, "best_checkpoint")
     if logged_best:
         found.fields["best_checkpoint"] = local_path(logged_best, folder)

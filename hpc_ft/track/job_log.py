@@ -246,7 +246,7 @@ def _marker_ranges(buf: bytes, lo: int, hi: int, final: bool):
 
 
 class JobLogParser:
-    """Incremental NeMo log parser: ``feed`` bytes, get events; ``finish`` at the end of the log.
+    """Incremental job log parser: ``feed`` bytes, get events; ``finish`` at the end of the log.
 
     ``offset`` is the number of bytes fed so far; a follower reads the file from there.
     ``sample_bytes``: emit the current progress once per this many bytes of log (0 = never).

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_ft.track.events import AttemptStarted, RunFiles, merge_attempts
+
 UNFINISHED_SUFFIX = "-unfinished"
 RANK0_LOG_NAME = "nemo_log_globalrank-0_localrank-0.txt"
 
@@ -374,8 +376,6 @@ def looked_for(folder: str | Path) -> str:
 
 def _rank0_events(log_dir: Path, reader) -> tuple[list, list[Path]]:
     """Events of NeMo's own rank-0 logs, one file per attempt (used when Slurm logs are missing)."""
-    from hpc_ft.track.events import AttemptStarted
-
     files = nemo_exp_dir(log_dir).rank0_logs()
     events: list = []
     for p in files:
@@ -390,8 +390,6 @@ def read_nemo_run(run_dir: Path, reader, sources: list, log_files: list[Path], *
                   nemo_exp_root=None, mode: str = "min", expected_ranks: int | None = None, **_):
     """A NeMo run's RunFiles: the Slurm logs' events (else NeMo's rank-0 logs), the checkpoints of
     <exp_dir>/<exp_manager.name>/ (best by `mode`, complete only with `expected_ranks` rank folders)."""
-    from hpc_ft.track.events import RunFiles, merge_attempts
-
     nemo_root = Path(nemo_exp_root) if nemo_exp_root else (find_exp_root(run_dir) or run_dir / "nemo")
     log_dir = find_nemo_log_dir(nemo_root, exp_name) if nemo_root.is_dir() else None
     found = RunFiles(events=[], log_files=list(log_files))

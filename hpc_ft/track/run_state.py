@@ -112,9 +112,6 @@ def _max_known(*values: int | None) -> int | None:
     return max(known) if known else None
 
 
-
-
-
 def _finite(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
 

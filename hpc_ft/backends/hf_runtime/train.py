@@ -510,12 +510,12 @@ def finish_training(trainer, args, started: float, early, epoch_limit, preemptio
 
 def _loss_at(state, checkpoint: str | None) -> float | None:
     """The validation loss logged at the best checkpoint's step (the best of the monitored metric, not of the loss)."""
-    if not checkpoint:
+    from hpc_ft.backends.hf_runtime.checkpoints import CHECKPOINT_RE
+
+    match = CHECKPOINT_RE.match(Path(checkpoint).name) if checkpoint else None
+    if match is None:
         return None
-    try:
-        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
+    step = int(match[1])
     for entry in state.log_history:
         if entry.get("step") == step and "eval_loss" in entry:
             return float(entry["eval_loss"])
