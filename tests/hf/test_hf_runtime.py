@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from hpc_ft.backends.hf_runtime import generate, train  # noqa: E402
-from hpc_ft.backends.hf_runtime.events import read_events  # noqa: E402
+from hpc_ft.backends.hf_runtime.events import read_events, say  # noqa: E402
 from hpc_ft.backends.hf_runtime.tiny_model import SNAPSHOT_FILES, TinyModelSpec, build_tiny_model  # noqa: E402
 from hpc_ft.data.jcommonsenseqa import make_synthetic  # noqa: E402
 
@@ -208,6 +208,24 @@ def test_bad_arguments_are_one_line_user_errors(model_dir, data, tmp_path, capsy
     assert last_line.startswith("train: error:") and message in last_line
     error = read_events(tmp_path / "run" / "events.jsonl")[-1]
     assert error["kind"] == "error" and error["type"] == "UserError" and message in error["message"]
+
+
+def test_a_progress_line_goes_out_in_one_write_so_ranks_sharing_a_log_cannot_split_it(monkeypatch):
+    # print() writes the text and its newline separately; unbuffered (PYTHONUNBUFFERED=1, as every hf job runs)
+    # two ranks then interleaved "...sha1 5ec1[rank 0/2] ...": one rank's end line was lost to the reader
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+        def flush(self):
+            writes.append("<flush>")
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    say("[rank 1/2] host a end at step 10")
+    assert writes == ["[rank 1/2] host a end at step 10\n", "<flush>"]
 
 
 def test_training_under_torchrun_with_two_cpu_ranks(model_dir, data, tmp_path):

@@ -50,8 +50,12 @@ def peak_rss_mb() -> float:
 
 
 def say(message: str) -> None:
-    """One human-readable progress line on stdout, flushed so Slurm logs show it at once."""
-    print(message, flush=True)
+    """One human-readable progress line on stdout, flushed so Slurm logs show it at once.
+
+    The line and its newline go out in one write: print() writes them separately, and under
+    PYTHONUNBUFFERED (or `python -u`) two ranks sharing one log could then interleave mid-line."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
 
 
 def eval_main(name: str, parser, run, argv) -> int:
