@@ -46,10 +46,15 @@ def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> 
     """torchrun for devices x nodes processes; one srun task per node when num_nodes > 1.
 
     `target` is a script path (or, with module=True, a `-m module`) followed by its arguments.
+    A single-node job runs `--standalone` (a rendezvous on a free local port): torch before pytorch#175699
+    (2026; NeMo 24.03's container has 2.3) binds port 29500 by default, so two jobs sharing a node (two
+    2-GPU jobs on a 4-GPU node) would fail with "address already in use" in the second.
     """
     t = spec.trainer
     head: List[Token] = launcher(spec) + [f"--nproc_per_node={t.devices}"]
-    if t.num_nodes > 1:
+    if t.num_nodes == 1:
+        head.append("--standalone")
+    else:
         head += [
             f"--nnodes={t.num_nodes}",
             "--rdzv_backend=c10d",

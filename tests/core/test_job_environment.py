@@ -29,6 +29,15 @@ def test_two_rank_hf_step_runs_torch_distributed_from_the_submitting_interpreter
     assert "torchrun" not in argv
 
 
+def test_a_single_node_job_rendezvouses_on_a_free_port_and_a_multi_node_job_on_its_first_node(work_dir, tmp_path):
+    # torch before pytorch#175699 (2026; NeMo 24.03's container has 2.3) binds 29500 for a single-node torchrun unless
+    # told --standalone: a second job on a shared node then fails with "address already in use"
+    single = rendered_step(_script(work_dir, tmp_path, *HF_TWO_RANKS), "train")
+    assert single[4] == "--standalone" and not any(a.startswith(("--rdzv", "--master_port")) for a in single)
+    multi = rendered_step(_script(work_dir, tmp_path, *HF_TWO_RANKS, "trainer.num_nodes=2"), "train")
+    assert "--standalone" not in multi and "--rdzv_backend=c10d" in multi
+
+
 def test_every_step_of_an_uncontained_job_starts_with_an_absolute_interpreter(work_dir, tmp_path):
     spec = compose_job([f"work_dir={work_dir}", *HF_TWO_RANKS, "eval=true"])
     seen = set()

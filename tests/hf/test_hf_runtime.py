@@ -18,9 +18,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from hpc_ft.backends.hf_runtime import generate, train  # noqa: E402
 from hpc_ft.backends.hf_runtime.events import read_events, say  # noqa: E402
 from hpc_ft.backends.hf_runtime.tiny_model import SNAPSHOT_FILES, TinyModelSpec, build_tiny_model  # noqa: E402
+from hpc_ft.backends.launch import distributed  # noqa: E402
 from hpc_ft.data.jcommonsenseqa import make_synthetic  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -231,9 +234,13 @@ def test_a_progress_line_goes_out_in_one_write_so_ranks_sharing_a_log_cannot_spl
 def test_training_under_torchrun_with_two_cpu_ranks(model_dir, data, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
-               "hpc_ft.backends.hf_runtime.train",
-               *train_argv(model_dir, data, out, micro_batch_size=2, global_batch_size=4, patience=0)]
+    # the launcher as a single-node job renders it (torch.distributed.run --standalone)
+    spec = OmegaConf.create({"trainer": {"devices": 2, "num_nodes": 1},
+                             "cluster": {"container_runtime": "none"}, "container": {"image": None}})
+    command = distributed(spec, ["hpc_ft.backends.hf_runtime.train",
+                                 *train_argv(model_dir, data, out, micro_batch_size=2, global_batch_size=4,
+                                             patience=0)], module=True)
+    assert "--standalone" in command
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     events = read_events(out / "events.jsonl")
