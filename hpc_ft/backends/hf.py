@@ -8,14 +8,11 @@ from typing import Dict, List
 from omegaconf import DictConfig
 
 from hpc_ft.backends import keys
-from hpc_ft.backends.hf_layout import (  # noqa: F401 - re-exported: hf's names for them
-    ALL_LINEAR, HF_OPTIM_DEFAULTS, NEMO_TARGET_ROLES, PEFT_SCHEMES, eval_interval, lora_names, lora_targets, max_steps,
-    optim_value, optimizer_keys, paths)
+from hpc_ft.backends.hf_layout import PEFT_SCHEMES, eval_interval, lora_targets, max_steps, optimizer_keys, paths
 from hpc_ft.backends.keys import Rule
 from hpc_ft.backends.launch import in_container, python_exe, python_module_step
-from hpc_ft.errors import UserError, did_you_mean
+from hpc_ft.errors import UserError
 from hpc_ft.models.family import job_family
-from hpc_ft.plan.arch import FAMILIES
 from hpc_ft.render import Step
 from hpc_ft.render.shell import Token
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from hpc_ft.executors import executor_named, parse_job_name
-from hpc_ft.executors.base import JOB_NAME, SchedulerJob
+from hpc_ft.executors.base import SchedulerJob
 from hpc_ft.submit.record import RunRecord, register, write_record
 
 DEFAULT_SINCE_DAYS = 7

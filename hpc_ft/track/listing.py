@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hpc_ft.track.registry import FINAL_STATES
+from hpc_ft.executors import FINAL_STATES
 from hpc_ft.track.status import STATUS_FIELDS, read_record, run_status, snapshot
 
 

@@ -44,8 +44,6 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 """
 
-from hpc_ft.executors.base import FINAL_STATES  # noqa: F401 - the one state vocabulary, re-read here by track/
-
 
 def registry_path() -> Path:
     env = os.environ.get("HPC_FT_REGISTRY")

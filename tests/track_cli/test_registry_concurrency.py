@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hpc_ft.submit import rundir as rd
-from hpc_ft.submit.reconcile import JOB_NAME
+from hpc_ft.executors.base import JOB_NAME
 from hpc_ft.track.registry import Registry
 
 PROCESSES = 8
