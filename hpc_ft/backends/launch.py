@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from hpc_ft.render.shell import ShellVar, Token
 
-RDZV_PORT = 29500
 
 
 def runtime_env_prefix(spec: DictConfig) -> str:
@@ -58,7 +57,7 @@ def distributed(spec: DictConfig, target: List[Token], module: bool = False) -> 
         head += [
             f"--nnodes={t.num_nodes}",
             "--rdzv_backend=c10d",
-            ShellVar("HPCFT_HEAD_NODE", prefix="--rdzv_endpoint=", suffix=f":{RDZV_PORT}"),
+            ShellVar("HPCFT_RDZV_ENDPOINT", prefix="--rdzv_endpoint="),
             ShellVar("SLURM_JOB_ID", prefix="--rdzv_id="),
         ]
     if module:
@@ -87,7 +86,7 @@ def python_module_step(spec: DictConfig, name: str, module: str, args: List[Toke
 
 
 def prologue(spec: DictConfig) -> List[str]:
-    """Shell lines a job needs before its steps: the rendezvous host of a multi-node job."""
+    """Shell lines a job needs before its steps: the rendezvous host and port of a multi-node job."""
     from hpc_ft.executors import get_executor
 
     return get_executor(spec).multinode_prologue(int(spec.trainer.num_nodes))

@@ -53,18 +53,21 @@ def check_nodes(spec, part: str | None) -> List[CheckTuple]:
     return [("nodes", "ok", f"cluster.nodes={want}: partition {part} has {len(usable)} usable nodes: {listing}")]
 
 
-def render_probe(spec, folder: Path, port: int) -> Path:
+def render_probe(spec, folder: Path) -> Path:
     """folder/probe.sbatch: a cluster.nodes-node job whose one step runs the probe on every node."""
     from omegaconf import OmegaConf
 
     from hpc_ft.backends.launch import multinode_prefix, prologue, python_exe
     from hpc_ft.render import Step, render_job_script
     from hpc_ft.render.render import sbatch_options
+    from hpc_ft.render.shell import ShellVar
 
     spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True))
     n = int(spec.cluster.nodes)
     spec.trainer.num_nodes = n
-    argv = multinode_prefix(spec) + [python_exe(spec), "-m", "hpc_ft.commands.cluster_nodes", "--port", str(port)]
+    # the port a multi-node training job of this allocation would rendezvous on (the executor's prologue)
+    argv = multinode_prefix(spec) + [python_exe(spec), "-m", "hpc_ft.commands.cluster_nodes",
+                                     "--port", ShellVar("HPCFT_RDZV_PORT")]
     sbatch = sbatch_options(spec, job_name="hpcft.cluster-probe", output=str(folder / "probe.out"), nodes=n,
                             gpus_per_node=0, time="00:05:00", comment="hpc-ft:cluster-probe")
     script = render_job_script(spec, run_dir=str(folder), run_id="cluster-probe", steps=[Step("probe", argv)],
@@ -79,13 +82,12 @@ def check_probe(spec, timeout_s: int) -> List[CheckTuple]:
     """Submit the probe (sbatch --wait) and report whether every node met the first one."""
     import tempfile
 
-    from hpc_ft.backends.launch import RDZV_PORT
     from hpc_ft.executors.slurm import submit_and_wait
 
     n = int(spec.cluster.nodes)
     with tempfile.TemporaryDirectory(prefix="hpc-ft-cluster-probe-", dir=os.path.expanduser("~")) as tmp:
         folder = Path(tmp)
-        path = render_probe(spec, folder, RDZV_PORT)
+        path = render_probe(spec, folder)
         rc, stdout, stderr = submit_and_wait(path, timeout_s)
         if rc == 124:
             return [("rendezvous", "fail", f"the {n}-node probe job did not end within {timeout_s} s "

@@ -26,6 +26,8 @@ TRANSIENT = re.compile(
 )
 RETRIES = 3
 CLIENT_TIMEOUT_S = 20
+#: a multi-node job's rendezvous port: RDZV_BASE_PORT + job id mod RDZV_PORTS (multinode_prologue)
+RDZV_BASE_PORT, RDZV_PORTS = 29500, 1000
 
 
 def call(argv: List[str], timeout: float = CLIENT_TIMEOUT_S, retries: int = RETRIES) -> Tuple[int, str, str]:
@@ -439,8 +441,13 @@ class SlurmExecutor(Executor):
         return []
 
     def multinode_prologue(self, nodes: int) -> List[str]:
+        """The rendezvous host (the allocation's first node) and a port of this job's own, 29500 + job id mod
+        1000: with one fixed port, two multi-node jobs sharing a first node would meet on one store (torch joins
+        a store it finds as a client) and the second would lose it when the first ends."""
         if nodes > 1:
-            return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"']
+            return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                    f'export HPCFT_RDZV_PORT="$(({RDZV_BASE_PORT} + ${{SLURM_JOB_ID:-0}} % {RDZV_PORTS}))"',
+                    'export HPCFT_RDZV_ENDPOINT="$HPCFT_HEAD_NODE:$HPCFT_RDZV_PORT"']
         return []
 
     def check(self, script_path: Path) -> None:
