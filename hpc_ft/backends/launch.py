@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 from hpc_ft.render.shell import ShellVar, Token
 
 
-
 def runtime_env_prefix(spec: DictConfig) -> str:
     """The prefix under which the container runtime passes environment variables into the container."""
     return {"singularity": "SINGULARITYENV_", "apptainer": "APPTAINERENV_"}.get(spec.cluster.container_runtime, "")

@@ -441,8 +441,8 @@ class SlurmExecutor(Executor):
         return []
 
     def multinode_prologue(self, nodes: int) -> List[str]:
-        """The rendezvous host (the allocation's first node) and a port of this job's own, 29500 + job id mod
-        1000: with one fixed port, two multi-node jobs sharing a first node would meet on one store (torch joins
+        """The rendezvous host (the allocation's first node) and a port of this job's own, RDZV_BASE_PORT + job
+        id mod RDZV_PORTS: with one fixed port, two multi-node jobs sharing a first node would meet on one store (torch joins
         a store it finds as a client) and the second would lose it when the first ends."""
         if nodes > 1:
             return ['export HPCFT_HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',

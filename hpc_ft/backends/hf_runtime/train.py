@@ -17,6 +17,8 @@ from pathlib import Path
 
 from hpc_ft.data.spec import add_data_arguments
 from hpc_ft.backends.hf_runtime import batching
+from hpc_ft.backends.hf_runtime.checkpoints import (BEST_DIR, CHECKPOINT_RE, END_RECORD, latest_checkpoint,
+                                                    read_end_record)
 from hpc_ft.errors import UserError, did_you_mean
 
 #: --monitor-metric (NeMo's metric name) -> the Trainer's metric
@@ -305,8 +307,6 @@ def step_budget(args, n_rows: int, world_size: int) -> tuple[int, int | None]:
 
 def resume_point(args, log) -> tuple[Path | None, dict | None]:
     """(checkpoint to resume from, end record when the run already finished and there is nothing to do)."""
-    from hpc_ft.backends.hf_runtime.checkpoints import latest_checkpoint, read_end_record
-
     if args.resume == "never":
         return None, None
     end = read_end_record(args.output_dir)
@@ -459,7 +459,6 @@ def finish_training(trainer, args, started: float, early, epoch_limit, preemptio
     rank leaves together. `monitor`/`best_metric` are what early stopping followed; `best_val_loss` is the
     validation loss at the best checkpoint (the same value when the monitor is the loss)."""
     from hpc_ft.backends.hf_runtime.callbacks import all_reduce_number
-    from hpc_ft.backends.hf_runtime.checkpoints import BEST_DIR, END_RECORD
     from hpc_ft.backends.hf_runtime.events import peak_rss_mb
 
     output_dir = Path(args.output_dir)
@@ -510,8 +509,6 @@ def finish_training(trainer, args, started: float, early, epoch_limit, preemptio
 
 def _loss_at(state, checkpoint: str | None) -> float | None:
     """The validation loss logged at the best checkpoint's step (the best of the monitored metric, not of the loss)."""
-    from hpc_ft.backends.hf_runtime.checkpoints import CHECKPOINT_RE
-
     match = CHECKPOINT_RE.match(Path(checkpoint).name) if checkpoint else None
     if match is None:
         return None
